@@ -1,0 +1,91 @@
+"""Boundary modes without materialising the padded array.
+
+`padded_box` returns a box of the *virtually* padded array (as `jnp.pad` with
+the given mode would build it), assembled from slices of the input: runs of
+consecutive indices become slices, reversed runs (reflect/symmetric) reversed
+slices, repeated indices (edge) broadcasts, and constant fill a `full`. Only the
+requested box is built, so a thin boundary strip costs O(strip), not O(array).
+"""
+
+from __future__ import annotations
+
+import functools as ft
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array
+
+from ._geometry import Cval, DimLayout
+
+
+_FILL = -1
+
+
+@ft.lru_cache(maxsize=1024)
+def _source_indices(
+    size: int, lo: int, start: int, stop: int, mode: str
+) -> tuple[int, ...]:
+    """Input index of each padded coordinate in `[start, stop)` (-1: fill)."""
+    first, last = start - lo, stop - lo  # input coordinates, may be out of range
+    before, after = max(0, -first), max(0, last - size)
+    if mode == "constant":
+        table = np.pad(np.arange(size), (before, after), constant_values=_FILL)
+    else:
+        table = np.pad(np.arange(size), (before, after), mode=mode)  # pyright: ignore
+    offset = first + before
+    return tuple(int(i) for i in table[offset : offset + stop - start])
+
+
+def _runs(indices: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Split into maximal runs `(first_index, length, step)`, step in {1,-1,0}."""
+    runs: list[tuple[int, int, int]] = []
+    for index in indices:
+        if runs:
+            first, length, step = runs[-1]
+            last = first + step * (length - 1)
+            fill = first == _FILL
+            if fill and index == _FILL:
+                runs[-1] = (first, length + 1, 0)
+                continue
+            if not fill and index != _FILL:
+                candidate = index - last
+                if length == 1 and candidate in (1, -1, 0):
+                    runs[-1] = (first, 2, candidate)
+                    continue
+                if length > 1 and candidate == step:
+                    runs[-1] = (first, length + 1, step)
+                    continue
+        runs.append((index, 1, 0))
+    return runs
+
+
+def _take_run(x: Array, axis: int, run: tuple[int, int, int], cval: Cval) -> Array:
+    first, length, step = run
+    shape = list(x.shape)
+    shape[axis] = length
+    if first == _FILL:
+        return jnp.full(shape, cval, x.dtype)
+    if step == 0:
+        piece = lax.slice_in_dim(x, first, first + 1, axis=axis)
+        return jnp.broadcast_to(piece, shape)
+    if step == 1:
+        return lax.slice_in_dim(x, first, first + length, axis=axis)
+    piece = lax.slice_in_dim(x, first - length + 1, first + 1, axis=axis)
+    return lax.rev(piece, (axis,))
+
+
+def padded_box(
+    x: Array,
+    layouts: Sequence[DimLayout],
+    box: Sequence[tuple[int, int]],
+    mode: str,
+    cval: Cval,
+) -> Array:
+    """The box `[start, stop)` per dim of `x` padded by `layouts` in `mode`."""
+    for axis, (layout, (start, stop)) in enumerate(zip(layouts, box)):
+        indices = _source_indices(layout.size, layout.lo, start, stop, mode)
+        pieces = [_take_run(x, axis, run, cval) for run in _runs(indices)]
+        x = pieces[0] if len(pieces) == 1 else lax.concatenate(pieces, axis)
+    return x

@@ -1,0 +1,358 @@
+"""Lowering a stencil function to whole-array JAX operations.
+
+The output grid is split into boxes (`partition`): the interior, whose windows
+lie inside the unpadded input, and thin boundary strips. Each box is computed
+from its own piece of the virtually padded input (`padded_box`), so the padded
+array is never materialised, and the boxes are assembled in place.
+
+On a box, each window tap is one strided slice of the box's source (a
+*plane*: the tap's value at every output position). The function is applied:
+
+- shift lowering: a recording pass (`record_taps`, an abstract trace with a
+  `TapProxy`) finds the taps the function reads, and the function is `vmap`ped
+  over output positions with just those planes, so `x[1, 0] + x[-1, 0]`
+  becomes plane + plane, exactly the hand-written program.
+- window lowering (the function uses the whole window): first the unrolled
+  lowering (`_unroll.py`: the function's jaxpr evaluated plane by plane); if it
+  has no rule for a primitive, `vmap` over the window stack built from the
+  `prod(kernel_size)` planes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jax import lax
+from jaxtyping import Array, PyTree
+
+from ._assemble import select_masked, tile_together
+from ._boundary import padded_box
+from ._geometry import Cval, DimLayout, out_shape
+from ._indexing import WindowIndex
+from ._regions import (
+    Box,
+    Plan,
+    Region,
+    decompose,
+    describe,
+    owner_mask,
+    plan,
+)
+from ._unroll import unroll
+from ._window import NeedsWindow, TapProxy, Window, unwrap_windows
+
+
+# Above this many taps the unrolled lowering's program (one op per tap and
+# operation) costs more to trace and compile than it saves; `vmap` instead.
+MAX_UNROLLED_TAPS = 1024
+
+Taps = tuple[tuple[int, ...], ...]
+
+
+def record_taps(
+    func: Callable, index: WindowIndex, dtype: Any, args: tuple, kwargs: dict
+) -> Taps | None:
+    """The taps `func` reads, or `None` when it uses its window as a whole."""
+    seen: dict[tuple[int, ...], None] = {}
+
+    def lookup(taps: tuple[int, ...]) -> Array:
+        seen[taps] = None
+        return jnp.zeros((), dtype)
+
+    def run(args: tuple, kwargs: dict) -> Any:
+        out = func(TapProxy(index, lookup), *args, **kwargs)
+        if any(isinstance(leaf, TapProxy) for leaf in jtu.tree_leaves(out)):
+            raise NeedsWindow  # returns the window itself (patches)
+        return out
+
+    try:
+        eqx.filter_eval_shape(run, args, kwargs)
+    except (NeedsWindow, TypeError, ValueError, AttributeError):
+        # Whole-window use (`jnp.sum(x)` fails in JAX before our signal can be
+        # raised). The window lowering runs the function on real windows, so a
+        # genuine error in the function surfaces there.
+        return None
+    return tuple(seen)
+
+
+def _tap_slice(
+    source: Array, layouts: Sequence[DimLayout], box: Box, tap: Sequence[int]
+) -> Array:
+    """Window tap `tap` for every output of `box`: one strided slice."""
+    starts = [t * layout.dilation for t, layout in zip(tap, layouts)]
+    limits = [
+        start + (stop - begin - 1) * layout.stride + 1
+        for start, (begin, stop), layout in zip(starts, box, layouts)
+    ]
+    strides = [layout.stride for layout in layouts]
+    return lax.slice(source, starts, limits, strides)
+
+
+Guard = Callable[[Array], Array]
+
+
+def _no_guard(plane: Array) -> Array:
+    return plane
+
+
+def mask_guard(mask: np.ndarray | None) -> Guard:
+    """For a function evaluated on a box it owns only partly (`mask`): replace
+    its inputs at the positions it does not own by those of one it owns, so
+    it never sees (or differentiates at) a value outside its region."""
+    if mask is None:
+        return _no_guard
+    owned = tuple(int(i) for i in np.argwhere(mask)[0])
+    return lambda plane: jnp.where(mask, plane, plane[owned])
+
+
+def _planes(
+    source: Array,
+    layouts: Sequence[DimLayout],
+    box: Box,
+    taps: Sequence[tuple[int, ...]],
+    guard: Guard,
+) -> list[Array]:
+    return [guard(_tap_slice(source, layouts, box, tap)) for tap in taps]
+
+
+def _windows(
+    source: Array, layouts: Sequence[DimLayout], box: Box, guard: Guard
+) -> Array:
+    """The window stack of `box`: shape `box_shape + kernel_size`."""
+    kernel = tuple(layout.kernel for layout in layouts)
+    planes = _planes(source, layouts, box, list(np.ndindex(*kernel)), guard)
+    shape = tuple(stop - start for start, stop in box)
+    return jnp.stack(planes, axis=-1).reshape(shape + kernel)
+
+
+def _unrolled(
+    call: Callable,
+    source: Array,
+    layouts: Sequence[DimLayout],
+    box: Box,
+    dynamic: Any,
+    guard: Guard,
+) -> PyTree | None:
+    """`call` on every window of `box` by the unrolled lowering, if it applies."""
+    kernel = tuple(layout.kernel for layout in layouts)
+    if math.prod(kernel) > MAX_UNROLLED_TAPS:
+        return None
+    planes = np.empty(kernel, dtype=object)
+    taps = list(np.ndindex(*kernel))
+    for tap, plane in zip(taps, _planes(source, layouts, box, taps, guard)):
+        planes[tap] = plane
+    leaves, treedef = jtu.tree_flatten(dynamic)
+    out_tree: list = []
+
+    def flat(window: Array, *leaves: Array) -> list:
+        out = call(window, jtu.tree_unflatten(treedef, leaves))
+        out_leaves, out_def = jtu.tree_flatten(out)
+        out_tree.append(out_def)
+        return out_leaves
+
+    outs = unroll(flat, planes, source.dtype, leaves)
+    return None if outs is None else jtu.tree_unflatten(out_tree[0], outs)
+
+
+def _map_positions(per_position: Callable, box: Box, inputs: tuple) -> PyTree:
+    """`vmap` `per_position` over every output position of `box`."""
+    mapped = per_position
+    for start, stop in reversed(box):
+        mapped = jax.vmap(mapped, axis_size=stop - start)
+    return mapped(*inputs)
+
+
+def _shift_lowering(
+    func: Callable,
+    source: Array,
+    layouts: Sequence[DimLayout],
+    box: Box,
+    index: WindowIndex,
+    taps: Taps,
+    args: tuple,
+    kwargs: dict,
+    guard: Guard,
+) -> PyTree[Array]:
+    def per_position(*values: Array) -> PyTree:
+        table = dict(zip(taps, values))
+        return func(TapProxy(index, table.__getitem__), *args, **kwargs)
+
+    planes = _planes(source, layouts, box, taps, guard)
+    return _map_positions(per_position, box, tuple(planes))
+
+
+def _window_lowering(
+    func: Callable,
+    source: Array,
+    layouts: Sequence[DimLayout],
+    box: Box,
+    index: WindowIndex,
+    args: tuple,
+    kwargs: dict,
+    guard: Guard,
+) -> PyTree[Array]:
+    wrap = index.relative or index.named_axis is not None
+    dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
+
+    def call(window: Array, dynamic: Any) -> PyTree:
+        args, kwargs = eqx.combine(dynamic, static)
+        out = func(Window(window, index) if wrap else window, *args, **kwargs)
+        return unwrap_windows(out)
+
+    unrolled = _unrolled(call, source, layouts, box, dynamic, guard)
+    if unrolled is not None:
+        return unrolled
+    windows = _windows(source, layouts, box, guard)
+    return _map_positions(lambda window: call(window, dynamic), box, (windows,))
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One application of a stencil: the input, its layout and the call's
+    extra arguments."""
+
+    x: Array
+    layouts: tuple[DimLayout, ...]
+    index: WindowIndex
+    boundary: str
+    cval: Cval
+    args: tuple
+    kwargs: dict
+
+    def taps(self, func: Callable) -> Taps | None:
+        return record_taps(func, self.index, self.x.dtype, self.args, self.kwargs)
+
+    def evaluate(
+        self,
+        func: Callable,
+        box: Box,
+        taps: Taps | None,
+        mask: np.ndarray | None = None,
+    ) -> PyTree[Array]:
+        """`func` on every window whose output position lies in `box` (and in
+        `mask`, if given: see `mask_guard`)."""
+        layouts = self.layouts
+        padded = tuple(
+            (start * layout.stride, (stop - 1) * layout.stride + layout.span)
+            for (start, stop), layout in zip(box, layouts)
+        )
+        source = padded_box(self.x, layouts, padded, self.boundary, self.cval)
+        return self.evaluate_on(func, source, box, taps, mask_guard(mask))
+
+    def evaluate_on(
+        self,
+        func: Callable,
+        source: Array,
+        box: Box,
+        taps: Taps | None,
+        guard: Guard = _no_guard,
+    ) -> PyTree[Array]:
+        """`func` on the windows of `box`, read from `source`: the padded input
+        from padded coordinate `box[d][0] * stride` on, in every dim `d`."""
+        lay, index, args, kwargs = self.layouts, self.index, self.args, self.kwargs
+        if taps is None:
+            return _window_lowering(func, source, lay, box, index, args, kwargs, guard)
+        return _shift_lowering(func, source, lay, box, index, taps, args, kwargs, guard)
+
+
+def check_outputs(
+    values: Sequence[PyTree[Array]], boxes: Sequence[Box], names: Sequence[str]
+) -> None:
+    """Every function must return the same structure and per-position shape."""
+
+    def signature(value: PyTree[Array], box: Box) -> tuple:
+        leaves, structure = jtu.tree_flatten(value)
+        return structure, tuple(jnp.shape(leaf)[len(box) :] for leaf in leaves)
+
+    expected = signature(values[0], boxes[0])
+    for value, box, name in zip(values, boxes, names):
+        found = signature(value, box)
+        if found != expected:
+            raise ValueError(
+                f"the functions of {names[0]} and {name} return different output "
+                f"shapes per position: {expected[1]} (structure {expected[0]}) and "
+                f"{found[1]} (structure {found[0]}); every function of a stencil "
+                "must return the same shape."
+            )
+
+
+def _keep_input(layouts: Sequence[DimLayout], relative: bool) -> Callable:
+    """The function returning a window's anchor tap: its input value."""
+    anchor = tuple(0 if relative else layout.anchor for layout in layouts)
+    return lambda window: window[anchor]
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """A region table resolved against a problem: the static owner plan, and
+    for every owner present its function, taps and name."""
+
+    plan: Plan
+    funcs: dict[int, Callable]
+    taps: dict[int, Taps | None]
+    names: dict[int, str]
+
+
+def resolve_table(
+    problem: Problem,
+    funcs: Sequence[Callable | None],
+    regions: Sequence[Region],
+    frame: Region | None = None,
+) -> Table:
+    """`funcs[0]` is the default function (or `None`), `funcs[r + 1]` the
+    function of `regions[r]`. With a `frame`, positions outside it keep their
+    input value (the window's anchor tap)."""
+    table = plan(problem.layouts, regions, funcs[0] is not None, frame)
+    funcs = (*funcs, _keep_input(problem.layouts, problem.index.relative))
+    uncovered = np.argwhere(table.owners < 0)
+    if len(uncovered):
+        position = table.position(uncovered[0])
+        raise ValueError(
+            f"output position {position} is covered by no region and the stencil "
+            "has no default function: add a region covering it with "
+            ".at[index].set(func), or give a default function."
+        )
+    owners = [int(owner) for owner in np.unique(table.owners)]
+    used = {owner: cast(Callable, funcs[owner]) for owner in owners}
+    return Table(
+        plan=table,
+        funcs=used,
+        taps={owner: problem.taps(func) for owner, func in used.items()},
+        names={o: describe((None, *regions, frame)[o]) for o in owners},
+    )
+
+
+def lower(problem: Problem, table: Table) -> PyTree[Array]:
+    """Apply a resolved region table to `problem`, region by region."""
+
+    def evaluate(
+        boxes: Sequence[Box],
+        order: Sequence[int],
+        masks: Sequence[np.ndarray | None],
+    ) -> list[PyTree[Array]]:
+        values = [
+            problem.evaluate(table.funcs[o], box, table.taps[o], mask)
+            for box, o, mask in zip(boxes, order, masks)
+        ]
+        check_outputs(values, boxes, [table.names[o] for o in order])
+        return values
+
+    tiled = decompose(table.plan)
+    if tiled is not None:
+        tiles, tiling = tiled
+        boxes, order = zip(*tiles)
+        shape = out_shape(problem.layouts)
+        values = evaluate(boxes, order, [None] * len(boxes))
+        return tile_together(shape, tiling, boxes, values)
+    owners = list(table.funcs)
+    boxes, masks = zip(*(owner_mask(table.plan, owner) for owner in owners))
+    values = evaluate(boxes, owners, masks)
+    return select_masked(problem.layouts, boxes, masks, values)
