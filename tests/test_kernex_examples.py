@@ -1,0 +1,264 @@
+"""The `kmap` examples of the kernex README, with the values it prints.
+
+Expected values are the README's own printed output, `lax` primitives, or the
+NumPy reference.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from reference import reference_kmap
+
+import eqx_stencil as es
+
+
+def test_laplacian_of_ones_is_zero():
+    @es.kmap(kernel_size=(3, 3), padding="valid", relative=True)
+    def laplacian(x):
+        return (
+            0 * x[1, -1] + 1 * x[1, 0] + 0 * x[1, 1]
+            + 1 * x[0, -1] + -4 * x[0, 0] + 1 * x[0, 1]
+            + 0 * x[-1, -1] + 1 * x[-1, 0] + 0 * x[-1, 1]
+        )  # fmt: skip
+
+    out = laplacian(jnp.ones([10, 10]))
+    assert out.shape == (8, 8)
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(out, np.zeros((8, 8), np.float32))
+
+
+def test_laplacian_on_a_quadratic_is_constant():
+    """Not in the README, but the same stencil must differentiate: u = i^2 + j^2."""
+
+    @es.kmap(kernel_size=(3, 3), padding="valid", relative=True)
+    def laplacian(x):
+        return x[1, 0] + x[-1, 0] + x[0, 1] + x[0, -1] - 4 * x[0, 0]
+
+    i, j = np.meshgrid(np.arange(6.0), np.arange(7.0), indexing="ij")
+    out = laplacian(jnp.asarray(i**2 + j**2, jnp.float32))
+    np.testing.assert_allclose(out, np.full((4, 5), 4.0))
+
+
+def test_identity_relative_returns_center():
+    @es.kmap(kernel_size=(3, 3), relative=True)
+    def identity(x):
+        return x[0, 0]
+
+    mat = jnp.arange(1, 26).reshape(5, 5)
+    np.testing.assert_array_equal(identity(mat), np.asarray(mat)[1:-1, 1:-1])
+
+
+def test_get_3x3_patches():
+    @jax.jit
+    @es.kmap(kernel_size=(3, 3), padding="same")
+    def get_3x3_patches(x):
+        return x
+
+    mat = jnp.arange(1, 26).reshape(5, 5)
+    patches = get_3x3_patches(mat)
+    assert patches.shape == (5, 5, 3, 3)
+    np.testing.assert_array_equal(patches[0, 0], [[0, 0, 0], [0, 1, 2], [0, 6, 7]])
+    np.testing.assert_array_equal(
+        patches[2, 3], [[8, 9, 10], [13, 14, 15], [18, 19, 20]]
+    )
+    np.testing.assert_array_equal(patches[4, 4], [[19, 20, 0], [24, 25, 0], [0, 0, 0]])
+
+
+def test_moving_average():
+    @es.kmap(kernel_size=(3,))
+    def moving_average(x):
+        return jnp.mean(x)
+
+    out = moving_average(jnp.array([1, 2, 3, 7, 9]))
+    np.testing.assert_allclose(out, [2.0, 4.0, 6.3333335], rtol=1e-6)
+    assert out.dtype == jnp.float32
+
+
+def test_conv2d_matches_lax_conv():
+    @jax.jit
+    @es.kmap(kernel_size=(3, 3, 3), padding=("valid", "same", "same"))
+    def kernex_conv2d(x, w):
+        return jnp.sum(x * w)
+
+    @jax.jit
+    def jax_conv2d(x, w):
+        return lax.conv_general_dilated(
+            lhs=x,
+            rhs=w,
+            window_strides=(1, 1),
+            padding="SAME",
+            dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        )[0]
+
+    kx, kw = jax.random.split(jax.random.PRNGKey(0))
+    C, H, W = 3, 9, 8
+    x = jax.random.normal(kx, (C, H, W))
+    w = jax.random.normal(kw, (C, 3, 3))
+    out = kernex_conv2d(x, w)
+    assert out.shape == (1, H, W)
+    np.testing.assert_allclose(out, jax_conv2d(x[None], w[None]), atol=1e-4)
+
+
+class MaxPool2D(eqx.Module):
+    kernel_size: tuple[int, ...] | int = eqx.field(static=True)
+    strides: tuple[int, ...] | int = eqx.field(static=True)
+    padding: tuple[int, ...] | int | str = eqx.field(static=True)
+
+    def __init__(self, *, kernel_size=(2, 2), strides=2, padding="valid"):
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.padding = padding
+
+    def __call__(self, x):
+        @jax.vmap  # batch
+        @jax.vmap  # channels
+        @es.kmap(
+            kernel_size=self.kernel_size, strides=self.strides, padding=self.padding
+        )
+        def _maxpool2d(x):
+            return jnp.max(x)
+
+        return _maxpool2d(x)
+
+
+def test_maxpool2d():
+    layer = MaxPool2D(kernel_size=(2, 2), strides=(2, 2), padding="same")
+    array = jnp.arange(1, 26).reshape(1, 1, 5, 5)
+    out = layer(array)
+    np.testing.assert_array_equal(out, [[[[7, 9, 10], [17, 19, 20], [22, 24, 25]]]])
+    assert jnp.issubdtype(out.dtype, jnp.integer)
+
+
+def test_maxpool2d_matches_reduce_window():
+    layer = MaxPool2D(kernel_size=(3, 2), strides=(2, 1), padding="valid")
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 7, 6))
+    expected = lax.reduce_window(
+        x, -jnp.inf, lax.max, (1, 1, 3, 2), (1, 1, 2, 1), "VALID"
+    )
+    np.testing.assert_array_equal(jax.jit(layer)(x), expected)
+
+
+class AverageBlurLayer(eqx.Module):
+    """Channels first, as in the README."""
+
+    in_channels: int = eqx.field(static=True)
+    kernel_size: tuple[int, ...] = eqx.field(static=True)
+
+    def __call__(self, x):
+        @jax.vmap  # batch
+        @jax.vmap  # channels
+        @es.kmap(kernel_size=(*self.kernel_size,), padding="same")
+        def average_blur(x):
+            kernel = jnp.ones([*self.kernel_size]) / jnp.array(self.kernel_size).prod()
+            return jnp.sum(x * kernel, dtype=jnp.float32)
+
+        return average_blur(x).astype(jnp.uint8)
+
+
+def _synthetic_image(shape):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=shape).astype(np.uint8)
+
+
+def test_average_blur_layer():
+    # A 2x2 mean is exact in float32, so the uint8 truncation is exact too.
+    image = _synthetic_image((1, 3, 9, 11))  # batch, channel, H, W
+    layer = jax.jit(AverageBlurLayer(in_channels=3, kernel_size=(2, 2)))
+    out = layer(jnp.asarray(image))
+    assert out.shape == image.shape and out.dtype == jnp.uint8
+    expected = np.stack(
+        [
+            reference_kmap(
+                lambda w: np.sum(w, dtype=np.int64) // 4, c, 2, padding="same"
+            )
+            for c in image[0]
+        ]
+    )[None]
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_average_blur_float_matches_reference():
+    image = _synthetic_image((1, 2, 8, 7)).astype(np.float32)
+    blur = jax.vmap(
+        jax.vmap(es.kmap(lambda w: jnp.sum(w / 25.0), kernel_size=5, padding="same"))
+    )
+    out = jax.jit(blur)(image)
+    expected = np.stack(
+        [
+            np.stack(
+                [
+                    reference_kmap(lambda w: np.mean(w), c, 5, padding="same")
+                    for c in img
+                ]
+            )
+            for img in image
+        ]
+    )
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
+
+
+class Conv2D(eqx.Module):
+    """The README's Conv2D layer (weights OIHW, bias per output channel)."""
+
+    weight: jax.Array
+    bias: jax.Array
+    in_channels: int = eqx.field(static=True)
+    kernel_size: tuple[int, ...] = eqx.field(static=True)
+    strides: tuple[int, ...] | int = eqx.field(static=True)
+    padding: tuple = eqx.field(static=True)
+
+    def __init__(self, *, in_channels, out_channels, kernel_size, strides=1, key):
+        self.weight = jax.random.normal(key, (out_channels, in_channels, *kernel_size))
+        self.bias = jnp.arange(out_channels, dtype=jnp.float32).reshape(-1, 1, 1)
+        self.in_channels = in_channels
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.padding = ("valid", "same", "same")
+
+    def __call__(self, x):
+        conv = es.kmap(
+            lambda x, w: jnp.sum(x * w),
+            kernel_size=(self.in_channels, *self.kernel_size),
+            strides=self.strides,
+            padding=self.padding,
+        )
+
+        @jax.vmap  # batch
+        def fwd_image(image):
+            return jax.vmap(lambda w: conv(image, w))(self.weight)[:, 0] + self.bias
+
+        return fwd_image(x)
+
+
+def test_conv2d_layer_matches_lax_conv():
+    kx, kw = jax.random.split(jax.random.PRNGKey(2))
+    layer = Conv2D(in_channels=2, out_channels=3, kernel_size=(3, 3), key=kw)
+    x = jax.random.normal(kx, (2, 2, 6, 7))
+    expected = (
+        lax.conv_general_dilated(
+            x, layer.weight, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW")
+        )
+        + layer.bias
+    )
+    np.testing.assert_allclose(eqx.filter_jit(layer)(x), expected, atol=1e-4)
+
+
+def test_get_patches_1d_matches_lax_patches():
+    @jax.jit
+    @es.kmap(kernel_size=(3,), padding="same")
+    def get_patches(x):
+        return x
+
+    @jax.jit
+    def jax_get_patches(x):
+        return lax.conv_general_dilated_patches(x, (3,), (1,), padding="same")
+
+    n = 1000
+    x = jax.random.normal(jax.random.PRNGKey(3), (n,))
+    np.testing.assert_allclose(
+        get_patches(x), jax_get_patches(x[None, None]).reshape(-1, n).T
+    )

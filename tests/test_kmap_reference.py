@@ -1,0 +1,513 @@
+"""`es.kmap` against the NumPy reference, over random geometries (hypothesis)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+from reference import (
+    fits,
+    geometry,
+    pad_array,
+    reference_kmap,
+    relative_func,
+    resolve_kernel,
+)
+
+import eqx_stencil as es
+
+
+MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
+PAD_STRINGS = ("same", "valid", "SAME", "Valid", "VALID", "Same")
+EXAMPLES = 35
+
+
+def _padding_dim():
+    ints = st.integers(-2, 3)
+    return st.one_of(ints, st.tuples(ints, ints), st.sampled_from(PAD_STRINGS))
+
+
+def _maybe_scalar(draw, values: tuple, *, allow: bool = True):
+    """Pass a per-dim tuple, or one value for all dims when they agree."""
+    if allow and len(set(values)) == 1 and draw(st.booleans()):
+        return values[0]
+    return values
+
+
+@st.composite
+def configs(draw, max_rank: int = 3, max_taps: int = 16):
+    """A random, valid geometry: shape and the kmap keywords.
+
+    The window has at most `max_taps` taps, so that eager evaluation of the
+    window lowering stays fast.
+    """
+    rank = draw(st.integers(1, max_rank))
+    shape, kernels, strides, dilations, paddings = [], [], [], [], []
+    taps = 1
+    for dim in range(rank):
+        budget = max_taps // taps // 2 ** (rank - dim - 1)  # leave some for later
+        k = draw(st.sampled_from([-1, *range(1, min(4, max(budget, 1)) + 1)]))
+        s = draw(st.integers(1, 3))
+        d = draw(st.integers(1, 3))
+        p = draw(_padding_dim())
+        feasible = [
+            n
+            for n in range(1, 8)
+            if fits((n,), (k,), (s,), (p,), (d,)) and (k != -1 or n <= max(budget, 1))
+        ]
+        assume(feasible)
+        n = draw(st.sampled_from(feasible))
+        taps *= n if k == -1 else k
+        shape.append(n)
+        kernels.append(k)
+        strides.append(s)
+        dilations.append(d)
+        paddings.append(p)
+    kernel_size = _maybe_scalar(draw, tuple(kernels))
+    strides_arg = _maybe_scalar(draw, tuple(strides))
+    dilation_arg = _maybe_scalar(draw, tuple(dilations))
+    # A single (lo, hi) pair would read as one entry per dim: keep it wrapped.
+    padding = _maybe_scalar(
+        draw,
+        tuple(paddings),
+        allow=not isinstance(paddings[0], tuple),
+    )
+    boundary = draw(st.sampled_from(MODES))
+    cval = draw(st.sampled_from([0, 0.0, 1.5, -2.0, 3]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return dict(
+        shape=tuple(shape),
+        kwargs=dict(
+            kernel_size=kernel_size,
+            strides=strides_arg,
+            padding=padding,
+            dilation=dilation_arg,
+            boundary=boundary,
+            cval=cval,
+        ),
+        seed=seed,
+    )
+
+
+def kmap_jit(func, **kwargs):
+    """`jax.jit` of `es.kmap(...)`: one compile per example, much faster on CPU
+    than eager evaluation (which compiles every primitive for every new shape)."""
+    return jax.jit(es.kmap(func, **kwargs))
+
+
+def _input(config, dtype=np.float32):
+    rng = np.random.default_rng(config["seed"])
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(-5, 6, size=config["shape"]).astype(dtype)
+    return rng.normal(size=config["shape"]).astype(dtype)
+
+
+def _kernel(config):
+    return resolve_kernel(config["kwargs"]["kernel_size"], config["shape"])
+
+
+def _check(actual, expected, rtol=1e-5, atol=1e-5):
+    actual = np.asarray(actual)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def _random_taps(draw, kernel, relative, count):
+    """`count` random (tap, weight) pairs inside the window."""
+    taps = []
+    for _ in range(count):
+        tap = []
+        for k in kernel:
+            if relative:
+                anchor = (k - 1) // 2
+                tap.append(draw(st.integers(-anchor, k - 1 - anchor)))
+            else:  # negative indices count from the end, as for an array
+                tap.append(draw(st.integers(-k, k - 1)))
+        weight = draw(st.floats(-2, 2, allow_nan=False, width=32))
+        taps.append((tuple(tap), weight))
+    return taps
+
+
+# --------------------------------------------------------------------------
+# The reference itself, against NumPy's sliding windows (so it can be trusted).
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reference_matches_sliding_window_view(mode):
+    x = np.arange(30.0).reshape(5, 6)
+    pads = ((1, 2), (2, 0))
+    expected_padded = np.pad(
+        x, pads, mode=mode, **({"constant_values": 7.0} if mode == "constant" else {})
+    )
+    windows = np.lib.stride_tricks.sliding_window_view(expected_padded, (3, 2))
+    out = reference_kmap(lambda w: w, x, (3, 2), padding=pads, boundary=mode, cval=7.0)
+    np.testing.assert_array_equal(out, windows)
+    strided = reference_kmap(
+        lambda w: w, x, (3, 2), strides=(2, 3), padding=pads, boundary=mode, cval=7.0
+    )
+    np.testing.assert_array_equal(strided, windows[::2, ::3])
+
+
+def test_reference_cropping_and_dilation():
+    x = np.arange(10.0)
+    assert pad_array(x, [(-2, -3)]).tolist() == [2, 3, 4, 5, 6]
+    out = reference_kmap(lambda w: w, x, 3, dilation=2, padding=((-1, 0),))
+    np.testing.assert_array_equal(
+        out, [[1, 3, 5], [2, 4, 6], [3, 5, 7], [4, 6, 8], [5, 7, 9]]
+    )
+    same = geometry((7,), 4, dilation=2, padding="same")
+    assert same["pads"] == ((3, 3),) and same["out_shape"] == (7,)
+    same_even = geometry((7,), 2, padding="SAME")
+    assert same_even["pads"] == ((0, 1),) and same_even["out_shape"] == (7,)
+
+
+# --------------------------------------------------------------------------
+# (a) tap indexing (shift lowering), absolute and relative.
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(config=configs(), relative=st.booleans(), data=st.data())
+def test_tap_function_matches_reference(config, relative, data):
+    kernel = _kernel(config)
+    taps = _random_taps(data.draw, kernel, relative, data.draw(st.integers(1, 4)))
+    (first, _), (last, _) = taps[0], taps[-1]
+
+    def func(w):
+        total = jnp.sin(w[first]) * w[last]
+        for tap, weight in taps:
+            total = total + weight * w[tap]
+        return total
+
+    def ref(w):
+        total = np.sin(w[first]) * w[last]
+        for tap, weight in taps:
+            total = total + weight * w[tap]
+        return total
+
+    x = _input(config)
+    stencil = es.kmap(func, relative=relative, **config["kwargs"])
+    actual = (jax.jit(stencil) if data.draw(st.booleans(), "jit") else stencil)(x)
+    expected = reference_kmap(
+        relative_func(ref) if relative else ref, x, **config["kwargs"]
+    )
+    _check(actual, expected)
+
+
+# --------------------------------------------------------------------------
+# (b) whole-window functions (window lowering).
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(config=configs(), data=st.data())
+def test_weighted_sum_matches_reference(config, data):
+    kernel = _kernel(config)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1)))
+    weights = rng.normal(size=kernel).astype(np.float32)
+    x = _input(config)
+    actual = kmap_jit(lambda w: jnp.sum(w * weights), **config["kwargs"])(x)
+    expected = reference_kmap(lambda w: np.sum(w * weights), x, **config["kwargs"])
+    _check(actual, expected)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(config=configs())
+def test_max_matches_reference(config):
+    x = _input(config)
+    actual = kmap_jit(jnp.max, **config["kwargs"])(x)
+    expected = reference_kmap(np.max, x, **config["kwargs"])
+    _check(actual, expected)
+
+
+@settings(max_examples=15, deadline=None)
+@given(config=configs(max_rank=2))
+def test_whole_window_relative_matches_reference(config):
+    """With relative=True the window used as a whole is in natural order."""
+    kernel = _kernel(config)
+    weights = np.arange(1, np.prod(kernel) + 1, dtype=np.float32).reshape(kernel)
+    x = _input(config)
+    actual = kmap_jit(lambda w: (w * weights).sum(), relative=True, **config["kwargs"])(
+        x
+    )
+    expected = reference_kmap(lambda w: np.sum(w * weights), x, **config["kwargs"])
+    _check(actual, expected)
+
+
+def test_reduction_of_relative_window_matches_reference():
+    """`jnp.max` of a relatively indexed window works as for a plain window."""
+    x = np.array([3.0, -1.0, 4.0, 1.0, -5.0, 9.0, 2.0], np.float32)
+    kwargs = dict(kernel_size=3, padding="same", boundary="edge")
+    actual = es.kmap(jnp.max, relative=True, **kwargs)(x)
+    _check(actual, reference_kmap(np.max, x, **kwargs))
+
+
+WINDOW_FUNCTIONS = {
+    "mean": jnp.mean,
+    "var": jnp.var,
+    "median": jnp.median,
+    "argmax": jnp.argmax,
+    "sort": lambda w: jnp.sort(w.ravel())[1],
+    "cumsum": lambda w: jnp.cumsum(w.ravel())[-2],
+    "where": lambda w: jnp.sum(jnp.where(w > 0, w, 0.5 * w)),
+    "matmul": lambda w: w.ravel() @ jnp.arange(w.size, dtype=w.dtype),
+    "norm": jnp.linalg.norm,
+    "centered": lambda w: jnp.sum((w - jnp.max(w)) ** 2),
+    "minus_mean": lambda w: jnp.sum(jnp.abs(w - jnp.mean(w))),
+    "logsumexp": jax.nn.logsumexp,
+    "softmax": lambda w: jax.nn.softmax(w.ravel())[0],
+    "normalize": lambda w: (w / jnp.sum(jnp.abs(w)))[(0,) * w.ndim],
+}
+
+
+@pytest.mark.parametrize("name", sorted(WINDOW_FUNCTIONS))
+@pytest.mark.parametrize(
+    "shape, kwargs",
+    [
+        ((7,), dict(kernel_size=3, padding="same", boundary="reflect")),
+        ((5, 6), dict(kernel_size=(2, 3), strides=(2, 1), padding=1, boundary="wrap")),
+    ],
+    ids=["1d", "2d"],
+)
+def test_whole_window_functions_match_reference(name, shape, kwargs):
+    """Common whole-window functions (reductions broadcast back, sorts, ...)."""
+    func = WINDOW_FUNCTIONS[name]
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    actual = es.kmap(func, **kwargs)(x)
+    expected = reference_kmap(lambda w: np.asarray(func(jnp.asarray(w))), x, **kwargs)
+    _check(actual, expected)
+
+
+def test_python_scalar_result_of_whole_window_function():
+    """A whole-window function may return a Python number (here the tap count)."""
+    x = np.arange(6.0, dtype=np.float32)
+    actual = es.kmap(lambda w: w.size, kernel_size=3, padding="same")(x)
+    np.testing.assert_array_equal(actual, np.full(6, 3))
+
+
+def test_constant_function_after_a_patches_stencil():
+    """The plan chosen for a stencil must not depend on earlier stencils."""
+    x = jnp.arange(4.0)
+    np.testing.assert_array_equal(
+        es.kmap(lambda w: w, kernel_size=2)(x), [[0, 1], [1, 2], [2, 3]]
+    )
+    np.testing.assert_array_equal(
+        es.kmap(lambda w: 1.0, kernel_size=2)(x), np.ones(3, np.float32)
+    )
+
+
+# --------------------------------------------------------------------------
+# (c) array outputs: patches.
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(config=configs())
+def test_patches_match_reference(config):
+    x = _input(config)
+    actual = kmap_jit(lambda w: w, **config["kwargs"])(x)
+    expected = reference_kmap(lambda w: w, x, **config["kwargs"])
+    _check(actual, expected, rtol=0, atol=0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(config=configs(max_rank=2))
+def test_vector_output_matches_reference(config):
+    """A function returning a small vector of taps and reductions."""
+    x = _input(config)
+    actual = kmap_jit(
+        lambda w: jnp.stack([jnp.min(w), jnp.mean(w), w.ravel()[0]]),
+        **config["kwargs"],
+    )(x)
+    expected = reference_kmap(
+        lambda w: np.stack([np.min(w), np.mean(w), w.ravel()[0]]),
+        x,
+        **config["kwargs"],
+    )
+    _check(actual, expected)
+
+
+@settings(max_examples=15, deadline=None)
+@given(config=configs(max_rank=2))
+def test_tap_vector_output_matches_reference(config):
+    """Tap indexing that returns an array (stack of taps) per window."""
+    x = _input(config)
+    last = tuple(-1 for _ in config["shape"])
+    first = tuple(0 for _ in config["shape"])
+    actual = kmap_jit(lambda w: jnp.stack([w[first], 2 * w[last]]), **config["kwargs"])(
+        x
+    )
+    expected = reference_kmap(
+        lambda w: np.stack([w[first], 2 * w[last]]), x, **config["kwargs"]
+    )
+    _check(actual, expected)
+
+
+def test_relative_patches_are_in_natural_order():
+    x = np.arange(6.0, dtype=np.float32)
+    kwargs = dict(kernel_size=3, padding=1, boundary="wrap")
+    actual = es.kmap(lambda w: w, relative=True, **kwargs)(x)
+    _check(actual, reference_kmap(lambda w: w, x, **kwargs), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------
+# (d) relative indexing with random in-range offsets.
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(config=configs(), data=st.data())
+def test_relative_offsets_match_reference(config, data):
+    kernel = _kernel(config)
+    taps = _random_taps(data.draw, kernel, True, data.draw(st.integers(1, 5)))
+
+    def func(w):
+        return sum(weight * w[tap] for tap, weight in taps)
+
+    x = _input(config)
+    actual = kmap_jit(func, relative=True, **config["kwargs"])(x)
+    expected = reference_kmap(relative_func(func), x, **config["kwargs"])
+    _check(actual, expected)
+
+
+def test_relative_anchor_is_center_for_odd_and_left_center_for_even():
+    x = np.arange(10.0, dtype=np.float32)
+    for k in (1, 2, 3, 4, 5):
+        actual = es.kmap(lambda w: w[0], kernel_size=k, relative=True)(x)
+        anchor = (k - 1) // 2
+        expected = reference_kmap(lambda w, a=anchor: w[a], x, k)
+        _check(actual, expected, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------
+# (e) named_axis: full naming (any key order) and partial naming.
+
+NAMES = ("i", "j", "k")
+
+
+def _named_key(name: str, offset: int) -> str:
+    if offset == 0:
+        return name
+    return f"{name}{'+' if offset > 0 else '-'}{abs(offset)}"
+
+
+@settings(max_examples=20, deadline=None)
+@given(config=configs(), data=st.data())
+def test_full_named_axis_matches_reference(config, data):
+    kernel = _kernel(config)
+    rank = len(kernel)
+    names = data.draw(st.permutations(NAMES[:rank]))
+    named_axis = dict(enumerate(names))
+    taps = _random_taps(data.draw, kernel, True, data.draw(st.integers(1, 4)))
+    keys = []
+    for tap, weight in taps:
+        order = data.draw(st.permutations(range(rank)))  # keys in any order
+        key = tuple(_named_key(names[dim], tap[dim]) for dim in order)
+        keys.append((key, weight))
+
+    def func(w):
+        return sum(weight * w[key] for key, weight in keys)
+
+    def ref(w):
+        return sum(weight * w[tap] for tap, weight in taps)
+
+    x = _input(config)
+    actual = kmap_jit(func, relative=True, named_axis=named_axis, **config["kwargs"])(x)
+    expected = reference_kmap(relative_func(ref), x, **config["kwargs"])
+    _check(actual, expected)
+
+
+@settings(max_examples=20, deadline=None)
+@given(config=configs(), data=st.data())
+def test_partial_named_axis_matches_reference(config, data):
+    kernel = _kernel(config)
+    rank = len(kernel)
+    named_dims = data.draw(st.sets(st.integers(0, rank - 1), min_size=1, max_size=rank))
+    named_axis = {dim: NAMES[dim] for dim in sorted(named_dims)}
+    taps = _random_taps(data.draw, kernel, True, data.draw(st.integers(1, 4)))
+    keys = []
+    for tap, weight in taps:
+        # Named dims may still be indexed by int; strings stand at their dim.
+        key = tuple(
+            _named_key(NAMES[dim], offset)
+            if dim in named_dims and data.draw(st.booleans())
+            else offset
+            for dim, offset in enumerate(tap)
+        )
+        keys.append((key, weight))
+
+    def func(w):
+        return sum(weight * w[key] for key, weight in keys)
+
+    def ref(w):
+        return sum(weight * w[tap] for tap, weight in taps)
+
+    x = _input(config)
+    actual = kmap_jit(func, relative=True, named_axis=named_axis, **config["kwargs"])(x)
+    expected = reference_kmap(relative_func(ref), x, **config["kwargs"])
+    _check(actual, expected)
+
+
+def test_named_axis_kernex_examples():
+    """`x["j+1", "i"]` (full naming, any order) and `x["i+1", -1]` (partial)."""
+    x = np.arange(20.0, dtype=np.float32).reshape(4, 5)
+    kwargs = dict(kernel_size=3, padding="same", boundary="symmetric")
+    full = es.kmap(
+        lambda w: w["j+1", "i"] - w["i-1", "j"],
+        relative=True,
+        named_axis={0: "i", 1: "j"},
+        **kwargs,
+    )(x)
+    expected = reference_kmap(relative_func(lambda w: w[0, 1] - w[-1, 0]), x, **kwargs)
+    _check(full, expected)
+    partial = es.kmap(
+        lambda w: w["i+1", -1] + 10 * w[0, 1],
+        relative=True,
+        named_axis={0: "i"},
+        **kwargs,
+    )(x)
+    expected = reference_kmap(
+        relative_func(lambda w: w[1, -1] + 10 * w[0, 1]), x, **kwargs
+    )
+    _check(partial, expected)
+
+
+# --------------------------------------------------------------------------
+# dtypes.
+
+
+@settings(max_examples=12, deadline=None)
+@given(config=configs(max_rank=2), data=st.data())
+def test_int_input_stays_int(config, data):
+    kernel = _kernel(config)
+    config["kwargs"]["cval"] = 2  # an int fill keeps the data integral
+    taps = _random_taps(data.draw, kernel, False, 2)
+    (t0, _), (t1, _) = taps
+    x = _input(config, np.int32)
+    shift = kmap_jit(lambda w: 3 * w[t0] - w[t1], **config["kwargs"])(x)
+    window = kmap_jit(lambda w: jnp.sum(w * 2), **config["kwargs"])(x)
+    patches = kmap_jit(lambda w: w, **config["kwargs"])(x)
+    for out in (shift, window, patches):
+        assert jnp.issubdtype(out.dtype, jnp.integer), out.dtype
+    np.testing.assert_array_equal(
+        shift, reference_kmap(lambda w: 3 * w[t0] - w[t1], x, **config["kwargs"])
+    )
+    np.testing.assert_array_equal(
+        window, reference_kmap(lambda w: np.sum(w * 2), x, **config["kwargs"])
+    )
+    np.testing.assert_array_equal(
+        patches, reference_kmap(lambda w: w, x, **config["kwargs"])
+    )
+
+
+def test_float_dtypes_are_kept():
+    for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+        x = jnp.arange(6.0, dtype=dtype)
+        assert es.kmap(lambda w: w[0] + w[1], kernel_size=2)(x).dtype == dtype
+        assert es.kmap(jnp.mean, kernel_size=2)(x).dtype == dtype
+
+
+def test_bool_input_with_logical_function():
+    x = np.array([True, False, True, True, False, False, True])
+    actual = es.kmap(lambda w: w[0] & w[1], kernel_size=2)(x)
+    assert actual.dtype == jnp.bool_
+    expected = reference_kmap(lambda w: w[0] & w[1], x, 2)
+    np.testing.assert_array_equal(actual, expected)

@@ -1,0 +1,307 @@
+"""`es.kscan` / `es.sscan` against a NumPy reference of the sequential definition.
+
+The reference visits output positions in row-major order (or the reverse),
+builds each window from the *working* padded array, calls the position's
+function and writes the result at the window's anchor before the next window
+is read. Any plan the library picks must reproduce it exactly.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+from jax.test_util import check_grads
+from reference import MODES, fits, geometry, pad_array
+from region_reference import owner_map
+
+import eqx_stencil as es
+from eqx_stencil._scan import scan_axes
+
+
+def reference_kscan(
+    funcs, x, kernel_size, strides=1, padding=0, dilation=1, boundary="constant",
+    cval=0, reverse=False, regions=(), has_default=True,
+):  # fmt: skip
+    """`funcs[0]` default, `funcs[r + 1]` on `regions[r]`; natural-order windows."""
+    x = np.asarray(x, dtype=np.float64)
+    geo = geometry(x.shape, kernel_size, strides, padding, dilation)
+    work = pad_array(x, geo["pads"], boundary, cval).astype(np.float64)
+    owners = owner_map(
+        x.shape, regions, has_default, kernel_size, strides, padding, dilation
+    )
+    out = np.zeros(geo["out_shape"])
+    positions = list(itertools.product(*(range(n) for n in geo["out_shape"])))
+    for position in reversed(positions) if reverse else positions:
+        starts = [o * s for o, s in zip(position, geo["strides"])]
+        index = tuple(
+            start + np.arange(k) * d
+            for start, k, d in zip(starts, geo["kernel"], geo["dilation"])
+        )
+        value = funcs[owners[position]](work[np.ix_(*index)])
+        anchor = tuple(
+            start + ((k - 1) // 2) * d
+            for start, k, d in zip(starts, geo["kernel"], geo["dilation"])
+        )
+        work[anchor] = value
+        out[position] = value
+    return out
+
+
+def tap_function(taps, weights, bias):
+    """A function of a few absolute taps: sum w * tap + bias, with a tanh."""
+
+    def func(w):
+        total = bias
+        for tap, weight in zip(taps, weights):
+            total = total + weight * w[tap]
+        return jnp.tanh(total) if isinstance(w, jax.Array) else np.tanh(total)
+
+    return func
+
+
+@st.composite
+def scan_configs(draw, max_rank=3):
+    ndim = draw(st.integers(1, max_rank))
+    shape = tuple(draw(st.integers(1, 6 if ndim < 3 else 4)) for _ in range(ndim))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(ndim))
+    strides = tuple(draw(st.integers(1, 2)) for _ in range(ndim))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(ndim))
+    padding = tuple(
+        (draw(st.integers(-1, 2)), draw(st.integers(-1, 2))) for _ in range(ndim)
+    )
+    assume(fits(shape, kernel, strides, padding, dilation))
+    boundary = draw(st.sampled_from(MODES))
+    reverse = draw(st.booleans())
+    every = list(itertools.product(*(range(k) for k in kernel)))
+    n_funcs = draw(st.integers(1, 3))
+    funcs = []
+    for _ in range(n_funcs):
+        taps = draw(st.lists(st.sampled_from(every), min_size=0, max_size=3))
+        weights = draw(
+            st.lists(st.floats(-1, 1), min_size=len(taps), max_size=len(taps))
+        )
+        funcs.append((tuple(taps), tuple(weights), draw(st.floats(-1, 1))))
+    regions = []
+    for _ in range(n_funcs - 1):
+        regions.append(
+            tuple(
+                slice(draw(st.integers(-n, n)), draw(st.integers(-n, n) | st.none()))
+                for n in shape
+            )
+        )
+    return dict(
+        shape=shape,
+        kwargs=dict(
+            kernel_size=kernel,
+            strides=strides,
+            padding=padding,
+            dilation=dilation,
+            boundary=boundary,
+        ),
+        reverse=reverse,
+        funcs=funcs,
+        regions=regions,
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(config=scan_configs(), seed=st.integers(0, 2**16))
+def test_kscan_matches_sequential_reference(config, seed):
+    x = np.random.default_rng(seed).normal(size=config["shape"]).astype(np.float32)
+    funcs = [tap_function(*spec) for spec in config["funcs"]]
+    stencil = es.kscan(funcs[0], reverse=config["reverse"], **config["kwargs"])
+    for region, func in zip(config["regions"], funcs[1:]):
+        stencil = stencil.at[region].set(func)
+    actual = jax.jit(stencil)(x)
+    expected = reference_kscan(
+        funcs, x, reverse=config["reverse"], regions=config["regions"],
+        **config["kwargs"],
+    )  # fmt: skip
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "deltas, reverse, expected",
+    [
+        ([(-1, 0), (-1, -1)], False, 1),  # explicit time marching: by rows
+        ([(0, -1), (-1, 0), (1, 0), (0, 1)], False, 2),  # Gauss-Seidel: by cells
+        ([(0, 1), (1, 1)], False, 0),  # reads only cells updated later: at once
+        ([(0, 1), (1, 1)], True, 2),  # ... which come first in reverse
+        ([(1, 0)], True, 1),
+        ([], False, 0),
+    ],
+)
+def test_scan_plan(deltas, reverse, expected):
+    assert scan_axes(deltas, 2, reverse) == expected
+
+
+def linear_convection(nt=151, nx=51, c=0.5):
+    """The kernex README example, in eqx_stencil."""
+    tmax, xmax = 0.5, 2.0
+    dt, dx = tmax / (nt - 1), xmax / (nx - 1)
+
+    def step(u):
+        return u["i", "n-1"] - (c * dt / dx) * (u["i", "n-1"] - u["i-1", "n-1"])
+
+    F = es.kscan(
+        kernel_size=(3, 3),
+        padding=((1, 1), (1, 1)),
+        named_axis={0: "n", 1: "i"},
+        relative=True,
+    )
+    one, two = (lambda u: 1.0), (lambda u: 2.0)
+    F = F.at[:, 0].set(one).at[:, -1].set(one)
+    F = F.at[:, : int((nx - 1) / 4) + 1].set(one).at[:, int((nx - 1) / 2) :].set(one)
+    F = F.at[0:1, int((nx - 1) / 4) + 1 : int((nx - 1) / 2)].set(two)
+    return F.at[1:, 1:-1].set(step), dt / dx * c
+
+
+def test_linear_convection_matches_hand_written_time_marching():
+    nt, nx = 151, 51
+    F, courant = linear_convection(nt, nx)
+    u = F(jnp.ones([nt, nx]))
+    expected = np.ones((nt, nx))
+    expected[0, int((nx - 1) / 4) + 1 : int((nx - 1) / 2)] = 2
+    for n in range(1, nt):
+        expected[n, 1:-1] = expected[n - 1, 1:-1] - courant * (
+            expected[n - 1, 1:-1] - expected[n - 1, :-2]
+        )
+    np.testing.assert_allclose(u, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gauss_seidel_sweep_matches_reference():
+    x = np.random.default_rng(0).normal(size=(7, 6)).astype(np.float32)
+
+    def gs(w):
+        return 0.25 * (w[0, 1] + w[1, 0] + w[1, 2] + w[2, 1])
+
+    stencil = es.kscan(gs, kernel_size=(3, 3), padding="same", boundary="edge")
+    expected = reference_kscan([gs], x, (3, 3), padding="same", boundary="edge")
+    np.testing.assert_allclose(jax.jit(stencil)(x), expected, rtol=1e-5)
+
+
+def test_kscan_whole_window_function_and_vmap():
+    x = np.random.default_rng(1).normal(size=(3, 5, 4)).astype(np.float32)
+    stencil = es.kscan(lambda w: jnp.mean(w), kernel_size=(3, 3), padding="same")
+    expected = np.stack(
+        [reference_kscan([np.mean], xi, (3, 3), padding="same") for xi in x]
+    )
+    np.testing.assert_allclose(jax.vmap(stencil)(x), expected, rtol=1e-5)
+
+
+def test_kscan_inside_lax_scan_and_gradients():
+    def sweep(w, c):
+        return c * w[0] + 0.5 * w[-1]
+
+    stencil = es.kscan(sweep, kernel_size=3, padding=1, relative=True)
+    x = jnp.linspace(0.0, 1.0, 6)
+
+    def run(x, c):
+        out, _ = jax.lax.scan(lambda u, _: (stencil(u, c), None), x, None, length=3)
+        return out
+
+    check_grads(run, (x, 0.7), order=1, modes=["fwd", "rev"], atol=1e-2)
+
+
+def test_sscan_keeps_input_outside_offset():
+    F = es.sscan(lambda x: x[-1] + x[0], kernel_size=3, relative=True, offset=1)
+    np.testing.assert_array_equal(F(jnp.ones(5)), [1, 2, 3, 4, 1])
+
+
+def test_kscan_vector_output_is_an_error():
+    stencil = es.kscan(lambda w: w, kernel_size=2)
+    with pytest.raises(ValueError, match="one scalar per window"):
+        stencil(jnp.ones(4))
+
+
+def test_kernex_readme_linear_convection_with_only_the_import_changed():
+    import eqx_stencil.kernex as kernex
+
+    tmax, xmax = 0.5, 2.0
+    nt, nx = 151, 51
+    dt, dx = tmax / (nt - 1), xmax / (nx - 1)
+    u = np.ones([nt, nx])
+    c = 0.5
+
+    F = kernex.kscan(
+        kernel_size=(3, 3),
+        padding=((1, 1), (1, 1)),
+        named_axis={0: "n", 1: "i"},
+        relative=True,
+    )
+
+    def bc(u):
+        return 1
+
+    def ic1(u):
+        return 1
+
+    def ic2(u):
+        return 2
+
+    def linear_convection(u):
+        return u["i", "n-1"] - (c * dt / dx) * (u["i", "n-1"] - u["i-1", "n-1"])
+
+    F[:, 0] = F[:, -1] = bc
+    F[:, : int((nx - 1) / 4) + 1] = F[:, int((nx - 1) / 2) :] = ic1
+    F[0:1, int((nx - 1) / 4) + 1 : int((nx - 1) / 2)] = ic2
+    F[1:, 1:-1] = linear_convection
+
+    kx_solution = F(jnp.array(u))
+    expected = np.ones((nt, nx))
+    expected[0, int((nx - 1) / 4) + 1 : int((nx - 1) / 2)] = 2
+    for n in range(1, nt):
+        expected[n, 1:-1] = expected[n - 1, 1:-1] - (c * dt / dx) * (
+            expected[n - 1, 1:-1] - expected[n - 1, :-2]
+        )
+    np.testing.assert_allclose(kx_solution, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(F(jnp.array(u)), kx_solution)  # call again
+
+
+def test_kernex_style_2d_diffusion_with_sscan_and_named_axes():
+    import eqx_stencil.kernex as kernex
+
+    nt, nx, ny, nu = 12, 9, 8, 0.2
+    u0 = np.zeros((nt, nx, ny), np.float32)
+    u0[0, 3:6, 3:5] = 2.0
+
+    F = kernex.sscan(
+        kernel_size=(3, 3, 3),
+        offset=((1, 0), (1, 1), (1, 1)),
+        relative=True,
+        named_axis={0: "n", 1: "i", 2: "j"},
+    )
+
+    @F
+    def diffusion(u):
+        return u["n-1", "i", "j"] + nu * (
+            u["n-1", "i+1", "j"]
+            + u["n-1", "i-1", "j"]
+            + u["j+1", "n-1", "i"]  # fully named keys may come in any order
+            + u["n-1", "i", "j-1"]
+            - 4 * u["n-1", "i", "j"]
+        )
+
+    expected = u0.copy()
+    for n in range(1, nt):
+        p = expected[n - 1]
+        expected[n, 1:-1, 1:-1] = p[1:-1, 1:-1] + nu * (
+            p[2:, 1:-1] + p[:-2, 1:-1] + p[1:-1, 2:] + p[1:-1, :-2] - 4 * p[1:-1, 1:-1]
+        )
+    np.testing.assert_allclose(diffusion(jnp.asarray(u0)), expected, rtol=1e-5)
+
+
+def test_kernex_scan_kwargs_reverse():
+    import eqx_stencil.kernex as kernex
+
+    F = kernex.kscan(
+        kernel_size=(3,), padding=1, relative=True, scan_kwargs={"reverse": True}
+    )
+    np.testing.assert_array_equal(
+        F(lambda x: x[0] + x[1])(jnp.ones(5)), [5, 4, 3, 2, 1]
+    )
+    with pytest.raises(ValueError, match="scan_kwargs"):
+        kernex.kscan(kernel_size=(3,), scan_kwargs={"unroll": 2})

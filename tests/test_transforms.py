@@ -1,0 +1,405 @@
+"""Composition with JAX / Equinox transforms, gradients, and immutability."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+from reference import reference_kmap, relative_func
+
+import eqx_stencil as es
+
+
+def _x(shape, seed=0):
+    return jax.random.normal(jax.random.PRNGKey(seed), shape)
+
+
+def laplacian(w):
+    return w[1, 0] + w[-1, 0] + w[0, 1] + w[0, -1] - 4 * w[0, 0]
+
+
+def _hand_laplacian_wrap(u):
+    """Hand-written periodic Laplacian."""
+    return (
+        jnp.roll(u, -1, 0)
+        + jnp.roll(u, 1, 0)
+        + jnp.roll(u, -1, 1)
+        + jnp.roll(u, 1, 1)
+        - 4 * u
+    )
+
+
+# --------------------------------------------------------------------------
+# jit / vmap.
+
+
+def test_jit_matches_eager_and_reference():
+    stencil = es.kmap(
+        laplacian, kernel_size=3, padding="same", relative=True, boundary="wrap"
+    )
+    x = _x((6, 7))
+    expected = reference_kmap(
+        relative_func(laplacian), np.asarray(x), 3, padding="same", boundary="wrap"
+    )
+    np.testing.assert_allclose(jax.jit(stencil)(x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        jax.jit(lambda a: stencil(a))(x), expected, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(stencil(x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stencil(x), _hand_laplacian_wrap(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "func", [lambda w: w[0, 0] * w[1, 2], lambda w: jnp.sum(w**2), lambda w: w]
+)
+def test_vmap_over_a_batch_of_inputs(func):
+    kwargs = dict(kernel_size=(2, 3), strides=(1, 2), padding=1, boundary="reflect")
+    stencil = es.kmap(func, **kwargs)
+    xs = _x((3, 5, 6))
+    out = jax.vmap(stencil)(xs)
+    expected = np.stack(
+        [
+            reference_kmap(
+                lambda w: np.asarray(func(jnp.asarray(w))), np.asarray(x), **kwargs
+            )
+            for x in xs
+        ]
+    )
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        eqx.filter_vmap(stencil)(xs), expected, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        jax.jit(jax.vmap(stencil))(xs), expected, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_vmap_over_extra_argument():
+    stencil = es.kmap(lambda w, c: c * w[0] + w[1], kernel_size=2)
+    x = jnp.arange(5.0)
+    cs = jnp.array([0.0, 1.0, -2.0])
+    out = jax.vmap(stencil, in_axes=(None, 0))(x, cs)
+    expected = np.stack(
+        [reference_kmap(lambda w, c=c: c * w[0] + w[1], np.arange(5.0), 2) for c in cs]
+    )
+    np.testing.assert_allclose(out, expected)
+
+
+# --------------------------------------------------------------------------
+# Gradients against the input and against extra arguments.
+
+
+def test_grad_wrt_input_matches_hand_written():
+    stencil = es.kmap(
+        laplacian, kernel_size=3, padding="same", relative=True, boundary="wrap"
+    )
+    x = _x((5, 6))
+    g = _x((5, 6), seed=1)
+
+    def loss(fn):
+        return lambda a: jnp.sum(jnp.sin(fn(a)) * g)
+
+    np.testing.assert_allclose(
+        jax.jit(jax.grad(loss(stencil)))(x),
+        jax.grad(loss(_hand_laplacian_wrap))(x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def _weighted_sum_grad_reference(x, g, kernel, **kwargs):
+    """d/dw sum_o g[o] * sum(window_o * w) = sum_o g[o] * window_o."""
+    patches = reference_kmap(lambda w: w, np.asarray(x), kernel, **kwargs)
+    axes = tuple(range(np.ndim(g)))
+    return np.tensordot(np.asarray(g), patches, axes=(axes, axes))
+
+
+@pytest.mark.parametrize("boundary", ["constant", "wrap", "symmetric"])
+def test_grad_wrt_positional_and_keyword_weights(boundary):
+    kwargs = dict(padding="same", strides=(2, 1), boundary=boundary, cval=1.5)
+    stencil = es.kmap(lambda win, w: jnp.sum(win * w), kernel_size=(3, 2), **kwargs)
+    stencil_kw = es.kmap(
+        lambda win, *, w: jnp.sum(win * w), kernel_size=(3, 2), **kwargs
+    )
+    x = _x((5, 4))
+    w = _x((3, 2), seed=1)
+    g = _x((3, 4), seed=2)
+    expected = _weighted_sum_grad_reference(x, g, (3, 2), **kwargs)
+    grad_pos = jax.grad(lambda w: jnp.sum(stencil(x, w) * g))(w)
+    grad_kw = jax.jit(jax.grad(lambda w: jnp.sum(stencil_kw(x, w=w) * g)))(w)
+    np.testing.assert_allclose(grad_pos, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad_kw, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_grad_wrt_tap_coefficients():
+    """Shift lowering with an extra argument: d/dc of c0*w[0] + c1*w[2]."""
+    stencil = es.kmap(
+        lambda win, c: c[0] * win[0] + c[1] * win[2],
+        kernel_size=3,
+        padding=1,
+        boundary="edge",
+    )
+    x = _x((7,))
+    g = _x((7,), seed=1)
+    c = jnp.array([0.5, -1.0])
+    grad = jax.grad(lambda c: jnp.sum(stencil(x, c) * g))(c)
+    patches = reference_kmap(lambda w: w, np.asarray(x), 3, padding=1, boundary="edge")
+    expected = [np.sum(g * patches[:, 0]), np.sum(g * patches[:, 2])]
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
+    # And against the keyword form, under jit.
+    stencil_kw = es.kmap(
+        lambda win, *, c: c[0] * win[0] + c[1] * win[2],
+        kernel_size=3,
+        padding=1,
+        boundary="edge",
+    )
+    grad_kw = jax.jit(jax.grad(lambda c: jnp.sum(stencil_kw(x, c=c) * g)))(c)
+    np.testing.assert_allclose(grad_kw, expected, rtol=1e-5, atol=1e-5)
+
+
+GRAD_CASES = [
+    # (func, kernel_size, kwargs, order): second order for one shift-lowered and
+    # one window-lowered case, first order elsewhere (second order is slow).
+    (
+        lambda w: w[0, 0] * w[1, 1] - jnp.cos(w[0, 1]),
+        (2, 2),
+        dict(padding=((1, 2), (2, 1)), boundary="wrap", strides=(2, 1)),
+        2,
+    ),
+    (
+        lambda w: jnp.sum(jnp.tanh(w) * jnp.arange(w.size).reshape(w.shape)),
+        (3, 2),
+        dict(padding="same", boundary="reflect", strides=2),
+        2,
+    ),
+    (
+        lambda w: jnp.sin(w[0, 0]) * w[1, 2] + w[-1, 1] ** 2,
+        (2, 3),
+        dict(padding="same", boundary="constant", cval=0.5),
+        1,
+    ),
+    (
+        lambda w: w[0, 0] * w[-1, -1],
+        (3, 3),
+        dict(padding=2, boundary="reflect", dilation=(1, 2)),
+        1,
+    ),
+    (
+        lambda w: jnp.sum(w**2) * w[0, 0],
+        (2, 3),
+        dict(padding=((-1, 1), 1), boundary="edge"),
+        1,
+    ),
+    (
+        lambda w: jnp.sum(jnp.cos(w)) * jnp.mean(w),
+        (3, 3),
+        dict(padding="same", boundary="symmetric", strides=(1, 2)),
+        1,
+    ),
+    (
+        lambda w: jnp.sum(jnp.exp(w) * w),
+        (2, 2),
+        dict(padding=((0, 3), (2, 1)), boundary="wrap", strides=(2, 3)),
+        1,
+    ),
+]
+
+
+@pytest.mark.parametrize("func, kernel_size, kwargs, order", GRAD_CASES)
+def test_check_grads(func, kernel_size, kwargs, order):
+    stencil = es.kmap(func, kernel_size=kernel_size, **kwargs)
+    x = _x((4, 5))
+    check_grads(jax.jit(stencil), (x,), order=order, modes=["fwd", "rev"], atol=1e-2)
+
+
+def test_check_grads_wrt_weights():
+    stencil = es.kmap(
+        lambda win, w: jnp.sum(jnp.tanh(win * w)), kernel_size=3, boundary="wrap",
+        padding="same",
+    )  # fmt: skip
+    x = _x((7,))
+    w = _x((3,), seed=1)
+    check_grads(
+        jax.jit(lambda w: stencil(x, w)), (w,), order=2, modes=["fwd", "rev"], atol=1e-2
+    )
+
+
+# --------------------------------------------------------------------------
+# Equinox transforms and modules.
+
+
+def test_filter_jit_with_stencil_as_argument():
+    @eqx.filter_jit
+    def apply(stencil, x):
+        return stencil(x)
+
+    x = _x((8,))
+    kwargs = dict(kernel_size=3, padding="same", boundary="reflect")
+    first = es.kmap(lambda w: w[0] - w[2], **kwargs)
+    second = es.kmap(jnp.max, **kwargs)
+    third = es.kmap(lambda w: w[0] - w[2], kernel_size=3)  # other geometry
+    xn = np.asarray(x)
+    np.testing.assert_allclose(
+        apply(first, x), reference_kmap(lambda w: w[0] - w[2], xn, **kwargs), atol=1e-6
+    )
+    np.testing.assert_allclose(apply(second, x), reference_kmap(np.max, xn, **kwargs))
+    np.testing.assert_allclose(
+        apply(third, x), reference_kmap(lambda w: w[0] - w[2], xn, 3), atol=1e-6
+    )
+
+
+class Weighted(eqx.Module):
+    weight: jax.Array
+
+    def __call__(self, w):
+        return jnp.sum(w * self.weight)
+
+
+class TapWeights(eqx.Module):
+    coeffs: jax.Array
+
+    def __call__(self, w):
+        return self.coeffs[0] * w[0, 0] + self.coeffs[1] * w[1, -1]
+
+
+def test_filter_grad_into_module_function_window_lowering():
+    kwargs = dict(padding="same", boundary="wrap")
+    stencil = es.kmap(Weighted(_x((3, 3), seed=1)), kernel_size=(3, 3), **kwargs)
+    x = _x((5, 6))
+    g = _x((5, 6), seed=2)
+
+    @eqx.filter_grad
+    def grads(stencil, x):
+        return jnp.sum(stencil(x) * g)
+
+    out = grads(stencil, x)
+    assert isinstance(out, es.Stencil)
+    expected = _weighted_sum_grad_reference(x, g, (3, 3), **kwargs)
+    np.testing.assert_allclose(out.func.weight, expected, rtol=1e-5, atol=1e-5)
+    jitted = eqx.filter_jit(grads)(stencil, x)
+    np.testing.assert_allclose(jitted.func.weight, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_filter_grad_into_module_function_shift_lowering():
+    kwargs = dict(padding="same", boundary="edge")
+    stencil = es.kmap(TapWeights(jnp.array([2.0, -1.0])), kernel_size=(2, 3), **kwargs)
+    x = _x((4, 5))
+    g = _x((4, 5), seed=2)
+    out = eqx.filter_grad(lambda s: jnp.sum(s(x) * g))(stencil)
+    patches = reference_kmap(lambda w: w, np.asarray(x), (2, 3), **kwargs)
+    expected = [
+        np.sum(np.asarray(g) * patches[..., 0, 0]),
+        np.sum(np.asarray(g) * patches[..., 1, -1]),
+    ]
+    np.testing.assert_allclose(out.func.coeffs, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_filter_vmap_over_stencils():
+    """A batch of module functions (stacked weights) mapped with filter_vmap."""
+    weights = _x((4, 3), seed=3)
+    stencils = eqx.filter_vmap(
+        lambda w: es.kmap(Weighted(w), kernel_size=3, padding="valid")
+    )(weights)
+    x = _x((6,))
+    out = eqx.filter_vmap(lambda s: s(x))(stencils)
+    expected = np.stack(
+        [
+            reference_kmap(lambda win, w=w: np.sum(win * w), np.asarray(x), 3)
+            for w in np.asarray(weights)
+        ]
+    )
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_stencil_is_an_equinox_module():
+    stencil = es.kmap(lambda w: w[0], kernel_size=3)
+    assert isinstance(stencil, eqx.Module)
+    assert isinstance(stencil, es.Stencil)
+    # A module func holding an array is part of the pytree.
+    leaves = jax.tree_util.tree_leaves(es.kmap(Weighted(jnp.ones(3)), kernel_size=3))
+    assert any(isinstance(leaf, jax.Array) and leaf.shape == (3,) for leaf in leaves)
+
+
+# --------------------------------------------------------------------------
+# Immutability and the decorator form.
+
+
+def test_calling_twice_and_under_two_traces_gives_identical_results():
+    for func in (laplacian, lambda w: jnp.sum(w * jnp.arange(9.0).reshape(3, 3))):
+        stencil = es.kmap(func, kernel_size=3, padding="same", boundary="symmetric")
+        before = jax.tree_util.tree_structure(stencil), stencil.kernel_size
+        x = _x((4, 4))
+        first = stencil(x)
+        second = stencil(x)
+        traced_a = jax.jit(lambda a, s=stencil: s(a))(x)
+        traced_b = jax.jit(lambda a, s=stencil: 2 * s(a))(x)
+        grads = jax.jit(jax.grad(lambda a, s=stencil: jnp.sum(s(a))))(x)
+        third = stencil(x)
+        np.testing.assert_array_equal(first, second)
+        np.testing.assert_array_equal(first, third)
+        np.testing.assert_allclose(first, traced_a, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(2 * first, traced_b, rtol=1e-6, atol=1e-6)
+        assert grads.shape == x.shape
+        assert (jax.tree_util.tree_structure(stencil), stencil.kernel_size) == before
+
+
+def test_decorator_form_returns_new_stencil_and_keeps_original():
+    base = es.kmap(kernel_size=3, padding="same", boundary="edge")
+    assert base.func is None
+
+    def f(w):
+        return w[2] - w[0]
+
+    derived = base(f)
+    assert isinstance(derived, es.Stencil)
+    assert derived is not base
+    assert derived.func is f
+    assert base.func is None
+    assert (derived.kernel_size, derived.padding, derived.boundary) == (
+        base.kernel_size,
+        base.padding,
+        base.boundary,
+    )
+    x = _x((6,))
+    expected = reference_kmap(f, np.asarray(x), 3, padding="same", boundary="edge")
+    np.testing.assert_allclose(derived(x), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="no function"):
+        base(x)
+    # A second decoration is independent of the first.
+    other = base(jnp.max)
+    np.testing.assert_allclose(
+        other(x), reference_kmap(np.max, np.asarray(x), 3, padding="same",
+                                 boundary="edge")
+    )  # fmt: skip
+    np.testing.assert_allclose(derived(x), expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Constant outputs broadcast to the output shape.
+
+
+@pytest.mark.parametrize(
+    "kwargs, shape",
+    [
+        (dict(kernel_size=3, padding="same"), (5, 4)),
+        (dict(kernel_size=(2, 3), strides=2), (5, 4)),
+        (dict(kernel_size=-1), (5, 4)),
+    ],
+)
+def test_constant_function_broadcasts(kwargs, shape):
+    x = _x(shape)
+    expected_shape = reference_kmap(lambda w: 0.0, np.asarray(x), **kwargs).shape
+    out = es.kmap(lambda w: 1.0, **kwargs)(x)
+    assert out.shape == expected_shape
+    np.testing.assert_array_equal(out, np.ones(expected_shape))
+    out_jit = jax.jit(es.kmap(lambda w: 1.0, **kwargs))(x)
+    np.testing.assert_array_equal(out_jit, np.ones(expected_shape))
+    vec = es.kmap(lambda w: jnp.array([1.0, 2.0]), **kwargs)(x)
+    np.testing.assert_array_equal(
+        vec, np.broadcast_to([1.0, 2.0], expected_shape + (2,))
+    )
+    arg = es.kmap(lambda w, c: c, **kwargs)(x, jnp.float32(3.0))
+    np.testing.assert_array_equal(arg, np.full(expected_shape, 3.0))
