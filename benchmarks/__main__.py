@@ -1,0 +1,103 @@
+"""`python -m benchmarks [--quick] [--case NAME ...]`: print the tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+
+from . import (
+    compile_time,
+    conv,
+    first_call,
+    heat,
+    laplacian,
+    memory,
+    patches,
+    pooling,
+    scan,
+)
+from ._report import Table, machine, markdown, missed
+from ._runtime import RuntimeCase, optional_kernex, run_case
+from ._timing import FULL, QUICK, Budget
+
+
+Case = Callable[[Budget], Table | tuple[Table, ...]]  # one table or several
+
+
+def runtime(make: Callable[[], RuntimeCase]) -> Case:
+    """A case runner for a run-time case built when it runs."""
+    return lambda budget: run_case(make(), budget)
+
+
+CASES: dict[str, Case] = {
+    "laplacian": runtime(laplacian.zero_boundary_case),
+    "laplacian-wrap": runtime(laplacian.wrap_case),
+    "conv": runtime(lambda: conv.case(3, 1024)),
+    "conv16": runtime(lambda: conv.case(16, 512)),
+    "conv64": runtime(lambda: conv.case(64, 512)),
+    "maxpool": runtime(pooling.case),
+    "patches": runtime(patches.case),
+    "heat": runtime(heat.case),
+    "heat-grad": heat.run_grad,
+    "linear-convection": runtime(scan.convection_case),
+    "gauss-seidel": runtime(scan.gauss_seidel_case),
+    "compile": compile_time.run,
+    "first-call": first_call.run,
+    "memory": memory.run,
+}
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="few rounds: a smoke run, not numbers"
+    )
+    parser.add_argument(
+        "--case",
+        action="append",
+        choices=list(CASES),
+        help="run only this case (repeatable); default: all",
+    )
+    return parser.parse_args(argv)
+
+
+def merge(tables: Sequence[Table]) -> list[Table]:
+    """Tables with the same headers joined, in order of first appearance."""
+    merged: dict[tuple[str, ...], Table] = {}
+    for table in tables:
+        rows = merged[table.headers].rows if table.headers in merged else ()
+        merged[table.headers] = Table(table.headers, rows + table.rows)
+    return list(merged.values())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the chosen cases and print their tables and the bars missed."""
+    options = parse(argv)
+    budget = QUICK if options.quick else FULL
+    kernex = "not installed" if optional_kernex() is None else version("kernex")
+    print("# eqx_stencil benchmarks\n")
+    print(f"- machine: {machine()}")
+    print(f"- eqx_stencil {version('eqx_stencil')}, kernex {kernex}")
+    print(f"- mode: {'quick (smoke run)' if options.quick else 'full'}\n", flush=True)
+    start = time.perf_counter()
+    tables = []
+    for name in options.case or CASES:
+        case_start = time.perf_counter()
+        result = CASES[name](budget)
+        tables.extend([result] if isinstance(result, Table) else result)
+        seconds = time.perf_counter() - case_start
+        print(f"{name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    for table in merge(tables):
+        print(markdown(table), end="\n\n")
+    lines = missed(tables)
+    print("## Bars and targets missed\n")
+    print("\n".join(lines) if lines else "none")
+    print(f"total: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

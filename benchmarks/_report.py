@@ -1,0 +1,158 @@
+"""Bars, verdicts, table rows and the markdown output."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jax
+
+
+TIMING_HEADERS = (
+    "case",
+    "variant",
+    "median ms",
+    "ratio to hand-written",
+    "ratio to lax",
+    "bar",
+    "met?",
+)
+
+
+@dataclass(frozen=True)
+class Bar:
+    """`variant`'s measure over `reference`'s must stay under `limit`.
+
+    `limit=None` leaves only the `target` (or, without one, just shows the
+    ratio); `strict` makes the limit exclusive ("faster than": `< 1`).
+    """
+
+    variant: str
+    reference: str
+    limit: float | None
+    target: float | None = None
+    strict: bool = False
+
+    def judge(self, ratio: float) -> Verdict:
+        """The verdict for a measured `ratio`."""
+        parts = [f"{ratio:.2f}× {self.reference}"]
+        met = None
+        if self.limit is not None:
+            met = ratio < self.limit if self.strict else ratio <= self.limit
+            parts.append(f"{'<' if self.strict else '≤'} {self.limit:g}×")
+        target_met = None
+        if self.target is not None:
+            target_met = ratio <= self.target
+            parts.append(f"(target ≤ {self.target:g}×)")
+        return Verdict(" ".join(parts), met, target_met)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A bar applied to a measurement: its text and whether it holds."""
+
+    text: str
+    met: bool | None
+    target_met: bool | None
+
+    @property
+    def cell(self) -> str:
+        """The `met?` cell: `yes`/`NO` for the limit, then the target."""
+        parts = []
+        if self.met is not None:
+            parts.append("yes" if self.met else "NO")
+        if self.target_met is not None:
+            parts.append("target met" if self.target_met else "target missed")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: its cells and the verdicts of the bars it carries."""
+
+    cells: tuple[str, ...]
+    verdicts: tuple[Verdict, ...] = ()
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows sharing `headers`; tables with equal headers print as one."""
+
+    headers: tuple[str, ...]
+    rows: tuple[Row, ...]
+
+
+def ms(seconds: float) -> str:
+    """Seconds as a millisecond cell."""
+    return f"{seconds * 1e3:,.2f}"
+
+
+def ratio(value: float | None) -> str:
+    """A ratio cell (`—` when there is no reference)."""
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def verdict_cells(verdicts: Sequence[Verdict]) -> tuple[str, str]:
+    """The `bar` and `met?` cells of a row."""
+    if not verdicts:
+        return "", ""
+    return (
+        "; ".join(v.text for v in verdicts),
+        "; ".join(v.cell for v in verdicts),
+    )
+
+
+def timing_row(
+    case: str,
+    variant: str,
+    median: str,
+    to_hand: float | None,
+    to_lax: float | None,
+    verdicts: Sequence[Verdict] = (),
+) -> Row:
+    """A row of the timing table (`median` already formatted)."""
+    cells = (case, variant, median, ratio(to_hand), ratio(to_lax))
+    return Row(cells + verdict_cells(verdicts), tuple(verdicts))
+
+
+def machine() -> str:
+    """Processor, CPU count and load, JAX version and backend, and the device."""
+    device = jax.devices()[0]
+    processor = platform.processor() or platform.machine()
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f", load average {os.getloadavg()[0]:.2f}"
+    return (
+        f"{processor}, {os.cpu_count()} CPUs{load}, jax {jax.__version__}, "
+        f"backend {jax.default_backend()} ({device.device_kind}, "
+        f"{jax.device_count()} device(s))"
+    )
+
+
+def markdown(table: Table) -> str:
+    """`table` as a markdown table."""
+    lines = [
+        "| " + " | ".join(table.headers) + " |",
+        "|" + "---|" * len(table.headers),
+    ]
+    lines += ["| " + " | ".join(row.cells) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+def missed(tables: Sequence[Table]) -> list[str]:
+    """One line per bar or target missed, naming its row."""
+    lines = []
+    for table in tables:
+        for row in table.rows:
+            for verdict in row.verdicts:
+                if verdict.met is False:
+                    kind = "bar"
+                elif verdict.target_met is False:
+                    kind = "target"
+                else:
+                    continue
+                case, variant = row.cells[:2]
+                lines.append(f"- {kind} missed: {case}, {variant}: {verdict.text}")
+    return lines
