@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 from jax import lax
-from jaxtyping import Array, PyTree
+from jaxtyping import Array, ArrayLike, PyTree, PyTreeDef
 
 from ._assemble import select_masked, tile_together
 from ._boundary import padded_box
@@ -54,21 +54,35 @@ from ._window import NeedsWindow, TapProxy, Window, unwrap_windows
 # operation) costs more to trace and compile than it saves; `vmap` instead.
 MAX_UNROLLED_TAPS = 1024
 
-Taps = tuple[tuple[int, ...], ...]
+# A tap read by a function: (field, window index), `field` numbering the leaves
+# of the stencil's input (0 for a plain array).
+Tap = tuple[int, tuple[int, ...]]
+Taps = tuple[Tap, ...]
+
+
+def _proxies(
+    fields: Fields, index: WindowIndex, lookup: Callable[[Tap], Any]
+) -> PyTree:
+    """One `TapProxy` per field, in the fields' structure."""
+    proxies = [
+        TapProxy(index, lambda tap, f=f: lookup((f, tap)))
+        for f in range(fields.structure.num_leaves)
+    ]
+    return fields.structure.unflatten(proxies)
 
 
 def record_taps(
-    func: Callable, index: WindowIndex, dtype: Any, args: tuple, kwargs: dict
+    func: Callable, index: WindowIndex, fields: Fields, args: tuple, kwargs: dict
 ) -> Taps | None:
     """The taps `func` reads, or `None` when it uses its window as a whole."""
-    seen: dict[tuple[int, ...], None] = {}
+    seen: dict[Tap, None] = {}
 
-    def lookup(taps: tuple[int, ...]) -> Array:
-        seen[taps] = None
-        return jnp.zeros((), dtype)
+    def lookup(tap: Tap) -> Array:
+        seen[tap] = None
+        return jnp.zeros((), fields.arrays[tap[0]].dtype)
 
     def run(args: tuple, kwargs: dict) -> Any:
-        out = func(TapProxy(index, lookup), *args, **kwargs)
+        out = func(_proxies(fields, index, lookup), *args, **kwargs)
         if any(isinstance(leaf, TapProxy) for leaf in jtu.tree_leaves(out)):
             raise NeedsWindow  # returns the window itself (patches)
         return out
@@ -114,28 +128,39 @@ def mask_guard(mask: np.ndarray | None) -> Guard:
 
 
 def _planes(
-    source: Array,
+    sources: Sequence[Array],
     layouts: Sequence[DimLayout],
     box: Box,
-    taps: Sequence[tuple[int, ...]],
+    taps: Sequence[Tap],
     guard: Guard,
 ) -> list[Array]:
-    return [guard(_tap_slice(source, layouts, box, tap)) for tap in taps]
+    return [guard(_tap_slice(sources[f], layouts, box, tap)) for f, tap in taps]
+
+
+def _field_planes(
+    source: Array, layouts: Sequence[DimLayout], box: Box, guard: Guard
+) -> np.ndarray:
+    """Every tap's plane of one field, as an object array of shape `kernel`."""
+    kernel = tuple(layout.kernel for layout in layouts)
+    taps = [(0, tap) for tap in np.ndindex(*kernel)]
+    planes = np.empty(kernel, dtype=object)
+    for (_, tap), plane in zip(taps, _planes([source], layouts, box, taps, guard)):
+        planes[tap] = plane
+    return planes
 
 
 def _windows(
     source: Array, layouts: Sequence[DimLayout], box: Box, guard: Guard
 ) -> Array:
     """The window stack of `box`: shape `box_shape + kernel_size`."""
-    kernel = tuple(layout.kernel for layout in layouts)
-    planes = _planes(source, layouts, box, list(np.ndindex(*kernel)), guard)
+    planes = _field_planes(source, layouts, box, guard)
     shape = tuple(stop - start for start, stop in box)
-    return jnp.stack(planes, axis=-1).reshape(shape + kernel)
+    return jnp.stack(list(planes.reshape(-1)), axis=-1).reshape(shape + planes.shape)
 
 
 def _unrolled(
     call: Callable,
-    source: Array,
+    sources: Sequence[Array],
     layouts: Sequence[DimLayout],
     box: Box,
     dynamic: Any,
@@ -143,22 +168,20 @@ def _unrolled(
 ) -> PyTree | None:
     """`call` on every window of `box` by the unrolled lowering, if it applies."""
     kernel = tuple(layout.kernel for layout in layouts)
-    if math.prod(kernel) > MAX_UNROLLED_TAPS:
+    if len(sources) * math.prod(kernel) > MAX_UNROLLED_TAPS:
         return None
-    planes = np.empty(kernel, dtype=object)
-    taps = list(np.ndindex(*kernel))
-    for tap, plane in zip(taps, _planes(source, layouts, box, taps, guard)):
-        planes[tap] = plane
+    planes = [_field_planes(source, layouts, box, guard) for source in sources]
     leaves, treedef = jtu.tree_flatten(dynamic)
     out_tree: list = []
 
-    def flat(window: Array, *leaves: Array) -> list:
-        out = call(window, jtu.tree_unflatten(treedef, leaves))
+    def flat(*arrays: Array) -> list:
+        windows, leaves = arrays[: len(planes)], arrays[len(planes) :]
+        out = call(windows, jtu.tree_unflatten(treedef, leaves))
         out_leaves, out_def = jtu.tree_flatten(out)
         out_tree.append(out_def)
         return out_leaves
 
-    outs = unroll(flat, planes, source.dtype, leaves)
+    outs = unroll(flat, planes, [source.dtype for source in sources], leaves)
     return None if outs is None else jtu.tree_unflatten(out_tree[0], outs)
 
 
@@ -172,54 +195,89 @@ def _map_positions(per_position: Callable, box: Box, inputs: tuple) -> PyTree:
 
 def _shift_lowering(
     func: Callable,
-    source: Array,
-    layouts: Sequence[DimLayout],
+    sources: Sequence[Array],
+    problem: Problem,
     box: Box,
-    index: WindowIndex,
     taps: Taps,
-    args: tuple,
-    kwargs: dict,
     guard: Guard,
 ) -> PyTree[Array]:
+    fields, index, args, kwargs = (
+        problem.fields,
+        problem.index,
+        problem.args,
+        problem.kwargs,
+    )
+
     def per_position(*values: Array) -> PyTree:
         table = dict(zip(taps, values))
-        return func(TapProxy(index, table.__getitem__), *args, **kwargs)
+        return func(_proxies(fields, index, table.__getitem__), *args, **kwargs)
 
-    planes = _planes(source, layouts, box, taps, guard)
+    planes = _planes(sources, problem.layouts, box, taps, guard)
     return _map_positions(per_position, box, tuple(planes))
 
 
 def _window_lowering(
     func: Callable,
-    source: Array,
-    layouts: Sequence[DimLayout],
+    sources: Sequence[Array],
+    problem: Problem,
     box: Box,
-    index: WindowIndex,
-    args: tuple,
-    kwargs: dict,
     guard: Guard,
 ) -> PyTree[Array]:
+    index, layouts, structure = problem.index, problem.layouts, problem.fields.structure
     wrap = index.relative or index.named_axis is not None
-    dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
+    dynamic, static = eqx.partition((problem.args, problem.kwargs), eqx.is_array)
 
-    def call(window: Array, dynamic: Any) -> PyTree:
+    def call(arrays: Sequence[Array], dynamic: Any) -> PyTree:
         args, kwargs = eqx.combine(dynamic, static)
-        out = func(Window(window, index) if wrap else window, *args, **kwargs)
+        windows = [Window(a, index) for a in arrays] if wrap else arrays
+        out = func(structure.unflatten(windows), *args, **kwargs)
         return unwrap_windows(out)
 
-    unrolled = _unrolled(call, source, layouts, box, dynamic, guard)
+    unrolled = _unrolled(call, sources, layouts, box, dynamic, guard)
     if unrolled is not None:
         return unrolled
-    windows = _windows(source, layouts, box, guard)
-    return _map_positions(lambda window: call(window, dynamic), box, (windows,))
+    windows = tuple(_windows(source, layouts, box, guard) for source in sources)
+    return _map_positions(lambda *ws: call(ws, dynamic), box, windows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fields:
+    """The stencil's input: the leaves of a pytree of same-shape arrays (one
+    leaf, structure `*`, for a plain array)."""
+
+    arrays: tuple[Array, ...]
+    structure: PyTreeDef  # pyright: ignore[reportInvalidTypeForm]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.arrays[0].shape
+
+
+def as_fields(tree: PyTree[ArrayLike], name: str = "array") -> Fields:
+    """Validate the input: a non-empty pytree of arrays of one shape."""
+    leaves, structure = jtu.tree_flatten(tree)
+    if not leaves:
+        raise ValueError(
+            f"{name} must be an array or a pytree of same-shape arrays; got "
+            f"{tree!r}, which holds no array."
+        )
+    arrays = tuple(jnp.asarray(leaf) for leaf in leaves)
+    shapes = {array.shape for array in arrays}
+    if len(shapes) > 1:
+        paths = [jtu.keystr(path) for path, _ in jtu.tree_flatten_with_path(tree)[0]]
+        found = ", ".join(f"{p or 'root'}: {a.shape}" for p, a in zip(paths, arrays))
+        raise ValueError(
+            f"every field of {name} must have the same shape; got {found}."
+        )
+    return Fields(arrays, structure)
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One application of a stencil: the input, its layout and the call's
-    extra arguments."""
+    """One application of a stencil: the input fields, their layout and the
+    call's extra arguments."""
 
-    x: Array
+    fields: Fields
     layouts: tuple[DimLayout, ...]
     index: WindowIndex
     boundary: str
@@ -228,7 +286,14 @@ class Problem:
     kwargs: dict
 
     def taps(self, func: Callable) -> Taps | None:
-        return record_taps(func, self.index, self.x.dtype, self.args, self.kwargs)
+        return record_taps(func, self.index, self.fields, self.args, self.kwargs)
+
+    def padded(self, box: Sequence[tuple[int, int]]) -> list[Array]:
+        """Every field's piece `box` (padded coordinates) of the padded input."""
+        return [
+            padded_box(x, self.layouts, box, self.boundary, self.cval)
+            for x in self.fields.arrays
+        ]
 
     def evaluate(
         self,
@@ -244,23 +309,23 @@ class Problem:
             (start * layout.stride, (stop - 1) * layout.stride + layout.span)
             for (start, stop), layout in zip(box, layouts)
         )
-        source = padded_box(self.x, layouts, padded, self.boundary, self.cval)
-        return self.evaluate_on(func, source, box, taps, mask_guard(mask))
+        sources = self.padded(padded)
+        return self.evaluate_on(func, sources, box, taps, mask_guard(mask))
 
     def evaluate_on(
         self,
         func: Callable,
-        source: Array,
+        sources: Sequence[Array],
         box: Box,
         taps: Taps | None,
         guard: Guard = _no_guard,
     ) -> PyTree[Array]:
-        """`func` on the windows of `box`, read from `source`: the padded input
-        from padded coordinate `box[d][0] * stride` on, in every dim `d`."""
-        lay, index, args, kwargs = self.layouts, self.index, self.args, self.kwargs
+        """`func` on the windows of `box`, read from `sources` (one per field):
+        the padded input from padded coordinate `box[d][0] * stride` on, in
+        every dim `d`."""
         if taps is None:
-            return _window_lowering(func, source, lay, box, index, args, kwargs, guard)
-        return _shift_lowering(func, source, lay, box, index, taps, args, kwargs, guard)
+            return _window_lowering(func, sources, self, box, guard)
+        return _shift_lowering(func, sources, self, box, taps, guard)
 
 
 def check_outputs(
@@ -284,10 +349,16 @@ def check_outputs(
             )
 
 
-def _keep_input(layouts: Sequence[DimLayout], relative: bool) -> Callable:
-    """The function returning a window's anchor tap: its input value."""
-    anchor = tuple(0 if relative else layout.anchor for layout in layouts)
-    return lambda window: window[anchor]
+def _keep_input(problem: Problem) -> Callable:
+    """The function returning a window's anchor tap: its input value(s)."""
+    relative, structure = problem.index.relative, problem.fields.structure
+    anchor = tuple(0 if relative else layout.anchor for layout in problem.layouts)
+
+    def keep(windows: PyTree) -> PyTree:
+        values = [window[anchor] for window in structure.flatten_up_to(windows)]
+        return structure.unflatten(values)
+
+    return keep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +382,7 @@ def resolve_table(
     function of `regions[r]`. With a `frame`, positions outside it keep their
     input value (the window's anchor tap)."""
     table = plan(problem.layouts, regions, funcs[0] is not None, frame)
-    funcs = (*funcs, _keep_input(problem.layouts, problem.index.relative))
+    funcs = (*funcs, _keep_input(problem))
     uncovered = np.argwhere(table.owners < 0)
     if len(uncovered):
         position = table.position(uncovered[0])

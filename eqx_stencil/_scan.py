@@ -23,16 +23,18 @@ import math
 from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 from jax import lax
-from jaxtyping import Array
+from jaxtyping import Array, PyTree
 
 from ._assemble import tile_together
-from ._boundary import padded_box
 from ._geometry import DimLayout, out_shape
 from ._lower import Problem, Table, check_outputs
-from ._regions import Plan, decompose
+from ._regions import Box, Plan, decompose
 
+
+Work = tuple[Array, ...]  # the working padded fields
 
 # Above this many runs of alike steps, one scan switches between the patterns.
 MAX_SCAN_SEGMENTS = 8
@@ -44,7 +46,7 @@ def _deltas(table: Table, layouts: Sequence[DimLayout]) -> list[tuple[int, ...]]
     every = tuple(np.ndindex(*kernel))
     deltas = set()
     for taps in table.taps.values():
-        for tap in every if taps is None else taps:
+        for tap in every if taps is None else (tap for _, tap in taps):
             shifts = [(t - lay.anchor) * lay.dilation for t, lay in zip(tap, layouts)]
             if all(shift % lay.stride == 0 for shift, lay in zip(shifts, layouts)):
                 deltas.add(tuple(s // lay.stride for s, lay in zip(shifts, layouts)))
@@ -71,15 +73,17 @@ def _full_owners(plan: Plan) -> np.ndarray:
     return owners
 
 
-def sweep(problem: Problem, table: Table, reverse: bool) -> Array:
-    """The sequential sweep of `table`'s functions over `problem`."""
+def sweep(problem: Problem, table: Table, reverse: bool) -> PyTree[Array]:
+    """The sequential sweep of `table`'s functions over `problem`. With several
+    fields, each function returns one value per field (the fields' structure)
+    and every field is written back."""
     layouts = problem.layouts
     ndim = len(layouts)
     m = scan_axes(_deltas(table, layouts), ndim, reverse)
     shape = out_shape(layouts)
     lead, trail = shape[:m], shape[m:]
     padded_range = [(0, lay.size + lay.lo + lay.hi) for lay in layouts]
-    work = padded_box(problem.x, layouts, padded_range, problem.boundary, problem.cval)
+    work = tuple(problem.padded(padded_range))
     owners = _full_owners(table.plan).reshape(math.prod(lead), *trail)
     patterns: dict[bytes, int] = {}
     rows: list[np.ndarray] = []
@@ -91,7 +95,7 @@ def sweep(problem: Problem, table: Table, reverse: bool) -> Array:
         pattern_ids.append(patterns[row.tobytes()])
     blocks = [ft.partial(_block, problem, table, m, row) for row in rows]
 
-    def step(work: Array, xs: tuple[Array, Array], block: Callable) -> tuple:
+    def step(work: Work, xs: tuple[Array, Array], block: Callable) -> tuple:
         counter, pattern = xs
         lead_index = [
             lax.rem(lax.div(counter, math.prod(lead[d + 1 :])), lead[d])
@@ -100,7 +104,7 @@ def sweep(problem: Problem, table: Table, reverse: bool) -> Array:
         values = block(work, lead_index, pattern)
         return _write(work, values, lead_index, layouts, m), None
 
-    def switched(work: Array, lead_index: Sequence[Array], pattern: Array) -> Array:
+    def switched(work: Work, lead_index: Sequence[Array], pattern: Array) -> Work:
         branches = [lambda w, i, b=b: b(w, i) for b in blocks]
         return lax.switch(pattern, branches, work, lead_index)
 
@@ -124,7 +128,9 @@ def sweep(problem: Problem, table: Table, reverse: bool) -> Array:
     # array read at the anchors.
     starts = [lay.anchor * lay.dilation for lay in layouts]
     limits = [a + (n - 1) * lay.stride + 1 for a, n, lay in zip(starts, shape, layouts)]
-    return lax.slice(work, starts, limits, [lay.stride for lay in layouts])
+    strides = [lay.stride for lay in layouts]
+    results = [lax.slice(field, starts, limits, strides) for field in work]
+    return problem.fields.structure.unflatten(results)
 
 
 def _block(
@@ -132,11 +138,11 @@ def _block(
     table: Table,
     m: int,
     pattern: np.ndarray,
-    work: Array,
+    work: Work,
     lead_index: Sequence[Array],
-) -> Array:
-    """The results of one step: the trailing block at `lead_index`, its
-    positions owned as `pattern` says."""
+) -> Work:
+    """The results of one step (one block per field): the trailing block at
+    `lead_index`, its positions owned as `pattern` says."""
     layouts = problem.layouts
     trail = pattern.shape
     plan = Plan(
@@ -160,29 +166,52 @@ def _block(
             (stop - start - 1) * lay.stride + lay.span
             for (start, stop), lay in zip(box[m:], layouts[m:])
         ]
-        source = lax.dynamic_slice(work, starts, sizes)
-        value = problem.evaluate_on(table.funcs[owner], source, box, table.taps[owner])
-        if jnp.shape(value) != tuple(stop - start for start, stop in box):
-            raise ValueError(
-                f"kscan functions must return one scalar per window (it is written "
-                f"back into the array); {table.names[owner]} returns shape "
-                f"{jnp.shape(value)[len(box) :]}."
-            )
-        values.append(value)
+        sources = [lax.dynamic_slice(field, starts, sizes) for field in work]
+        value = problem.evaluate_on(table.funcs[owner], sources, box, table.taps[owner])
+        values.append(_written_back(value, box, problem, table.names[owner]))
     boxes = [box for box, _ in tiles]
     check_outputs(values, boxes, [table.names[owner] for _, owner in tiles])
-    block = tile_together((1,) * m + trail, tiling, boxes, values)
-    return jnp.asarray(block, work.dtype)
+    blocks = tile_together((1,) * m + trail, tiling, boxes, values)
+    return tuple(jnp.asarray(block, field.dtype) for block, field in zip(blocks, work))
+
+
+def _written_back(value: PyTree, box: Box, problem: Problem, name: str) -> list:
+    """A function's values on `box`, one array per field, each one scalar per
+    window (they are written back into the fields)."""
+    structure = problem.fields.structure
+    shape = tuple(stop - start for start, stop in box)
+    leaves, found = jtu.tree_flatten(value)
+    if found != structure or any(jnp.shape(leaf) != shape for leaf in leaves):
+        shapes = jtu.tree_map(lambda leaf: jnp.shape(leaf)[len(box) :], value)
+        raise ValueError(
+            "kscan functions must return one scalar per window for each field "
+            f"(it is written back into the fields, structure {structure}); "
+            f"{name} returns {shapes}."
+        )
+    return leaves
 
 
 def _write(
+    work: Work,
+    blocks: Work,
+    lead_index: Sequence[Array],
+    layouts: Sequence[DimLayout],
+    m: int,
+) -> Work:
+    """Write a step's results at their anchors in the working fields."""
+    return tuple(
+        _write_field(field, block, lead_index, layouts, m)
+        for field, block in zip(work, blocks)
+    )
+
+
+def _write_field(
     work: Array,
     block: Array,
     lead_index: Sequence[Array],
     layouts: Sequence[DimLayout],
     m: int,
 ) -> Array:
-    """Write a step's results at their anchors in the working array."""
     anchors = [lay.anchor * lay.dilation for lay in layouts]
     starts = [i * lay.stride + a for i, lay, a in zip(lead_index, layouts, anchors)]
     starts += anchors[m:]

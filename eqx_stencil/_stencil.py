@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
-import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, PyTree
 
 from ._geometry import (
@@ -24,7 +23,7 @@ from ._geometry import (
     normalize_padding,
 )
 from ._indexing import WindowIndex
-from ._lower import Problem, lower, resolve_table
+from ._lower import Fields, Problem, as_fields, lower, resolve_table
 from ._regions import Region, normalize_region
 from ._scan import sweep
 
@@ -137,20 +136,25 @@ class Stencil(eqx.Module):
         return WindowIndex(kernel, self.relative, self.named_axis)
 
     def __call__(
-        self, array: ArrayLike | Callable, *args: Any, **kwargs: Any
+        self, array: PyTree[ArrayLike] | Callable, *args: Any, **kwargs: Any
     ) -> PyTree[Array] | Stencil:
         """Apply the stencil to `array` (or set `array` as the function).
 
         **Arguments:**
 
-        - `array`: the input array, of rank equal to the kernel's. A callable
-          instead (with no other arguments) gives a new stencil with it as the
-          function: `es.kmap(kernel_size=3)(f)`.
+        - `array`: the input array, of rank equal to the kernel's; or a pytree
+          (tuple, dict, Module) of same-shape arrays, the *fields* of a
+          multi-field stencil: the function then receives the same pytree of
+          windows (`def f(w): u, v = w; ...`). A callable instead (with no
+          other arguments) gives a new stencil with it as the function:
+          `es.kmap(kernel_size=3)(f)`.
         - `*args`, `**kwargs`: passed unchanged to every window's function.
 
         **Returns:**
 
-        An array of shape `out_shape + S` (`S`: the shape the function returns).
+        An array of shape `out_shape + S` (`S`: the shape the function returns);
+        a function returning a pytree gives that pytree with each leaf so
+        shaped.
 
         **Example:**
 
@@ -164,19 +168,21 @@ class Stencil(eqx.Module):
         """
         if callable(array) and not args and not kwargs:
             return dataclasses.replace(self, func=array)
-        return self._apply(jnp.asarray(array), args, kwargs)
+        return self._apply(as_fields(array), args, kwargs)
 
-    def _apply(self, x: Array, args: tuple, kwargs: dict) -> PyTree[Array]:
+    def _apply(self, fields: Fields, args: tuple, kwargs: dict) -> PyTree[Array]:
         if self.func is None and not self.regions:
             raise ValueError(
                 "this stencil has no function: give one with es.kmap(func, ...), "
                 "by decorating, es.kmap(kernel_size=...)(func), or per region with "
                 ".at[index].set(func)."
             )
-        layouts = self._geometry.layout(x.shape)
+        layouts = self._geometry.layout(fields.shape)
         index = self._window_index(tuple(layout.kernel for layout in layouts))
-        problem = Problem(x, layouts, index, self.boundary, self.cval, args, kwargs)
-        frame = self._frame(x.shape)
+        problem = Problem(
+            fields, layouts, index, self.boundary, self.cval, args, kwargs
+        )
+        frame = self._frame(fields.shape)
         funcs = (self.func, *self.regions)
         table = resolve_table(problem, funcs, self.region_keys, frame)
         if self.scan:

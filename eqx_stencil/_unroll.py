@@ -186,19 +186,19 @@ def _assemble(value: Any, plane_shape: tuple[int, ...]) -> Array:
 
 def unroll(
     func: Callable[..., Any],
-    windows: np.ndarray,
-    dtype: Any,
+    windows: Sequence[np.ndarray],
+    dtypes: Sequence[Any],
     dynamic: Sequence[Any],
 ) -> list[Array] | None:
-    """Evaluate `func(window, *dynamic)` with the window given as planes.
+    """Evaluate `func(*windows, *dynamic)` with the windows given as planes.
 
     **Arguments:**
 
-    - `func`: traceable function of a window and the dynamic arguments,
-      returning a flat list of arrays.
-    - `windows`: object array of shape `kernel_size`, each element the plane
-      (output-shaped array) of one tap.
-    - `dtype`: the window dtype.
+    - `func`: traceable function of the windows (one per field) and the
+      dynamic arguments, returning a flat list of arrays.
+    - `windows`: one object array of shape `kernel_size` per field, each
+      element the plane (output-shaped array) of one tap.
+    - `dtypes`: the windows' dtypes.
     - `dynamic`: the array arguments, unbatched.
 
     **Returns:**
@@ -206,12 +206,12 @@ def unroll(
     The flat outputs, each of shape `plane_shape + S`; or `None` when the
     function uses a primitive without a plane rule.
     """
-    plane_shape = jnp.shape(windows.reshape(-1)[0])
-    window = jax.ShapeDtypeStruct(windows.shape, dtype)
-    closed = jax.make_jaxpr(func)(window, *dynamic)
+    plane_shape = jnp.shape(windows[0].reshape(-1)[0])
+    abstract = [jax.ShapeDtypeStruct(w.shape, d) for w, d in zip(windows, dtypes)]
+    closed = jax.make_jaxpr(func)(*abstract, *dynamic)
     try:
         outs = _Interpreter(plane_shape).run(
-            closed.jaxpr, closed.consts, [windows, *dynamic]
+            closed.jaxpr, closed.consts, [*windows, *dynamic]
         )
     except _Unsupported:
         return None
