@@ -18,6 +18,7 @@ from . import (
     patches,
     pooling,
     scan,
+    solver,
 )
 from ._report import Table, machine, markdown, missed
 from ._runtime import RuntimeCase, optional_kernex, run_case
@@ -42,6 +43,7 @@ CASES: dict[str, Case] = {
     "patches": runtime(patches.case),
     "heat": runtime(heat.case),
     "heat-grad": heat.run_grad,
+    "solver-grad": solver.run,
     "linear-convection": runtime(scan.convection_case),
     "gauss-seidel": runtime(scan.gauss_seidel_case),
     "compile": compile_time.run,

@@ -189,9 +189,9 @@ def grad_case(n: int = N, steps: int = GRAD_STEPS) -> RuntimeCase:
     )
 
 
-def temp_bytes(fn: Step, u0: Array) -> int | None:
-    """XLA's temporary bytes for `fn(u0)`, compiled, not run (`None`: no data)."""
-    stats = jax.jit(fn).lower(u0).compile().memory_analysis()
+def temp_bytes(fn: Callable[..., Array], *args: Array) -> int | None:
+    """XLA's temporary bytes for `fn(*args)`, compiled, not run (`None`: no data)."""
+    stats = jax.jit(fn).lower(*args).compile().memory_analysis()
     return None if stats is None else stats.temp_size_in_bytes
 
 
@@ -229,9 +229,7 @@ def kernex_grad_temp(n: int, steps: int) -> int | None | str:
     return report["temp"]
 
 
-def _memory_row(
-    name: str, temp: int | None | str, hand: int | None, steps: int, n: int
-) -> Row:
+def memory_row(label: str, name: str, temp: int | None | str, hand: int | None) -> Row:
     """One variant's XLA temp row, with its ratio to the hand-written gradient."""
     if isinstance(temp, str):
         cell, to_hand = temp, None
@@ -243,7 +241,7 @@ def _memory_row(
     verdicts = []
     if name == ES and to_hand is not None:
         verdicts.append(GRAD_MEMORY_BAR.judge(to_hand))
-    cells = (f"heat grad {n}², {steps} steps", name, cell, ratio(to_hand))
+    cells = (label, name, cell, ratio(to_hand))
     return Row(cells + verdict_cells(verdicts), tuple(verdicts))
 
 
@@ -257,7 +255,8 @@ def grad_memory(n: int = N, steps: int = GRAD_STEPS) -> Table:
     if optional_kernex() is not None:
         temps[KERNEX] = kernex_grad_temp(n, steps)
     hand = temps[HAND] if isinstance(temps[HAND], int) else None
-    rows = tuple(_memory_row(name, temps[name], hand, steps, n) for name in temps)
+    label = f"heat grad {n}², {steps} steps"
+    rows = tuple(memory_row(label, name, temps[name], hand) for name in temps)
     return Table(MEMORY_HEADERS, rows)
 
 

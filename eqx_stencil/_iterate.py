@@ -1,0 +1,87 @@
+"""Time stepping with bounded memory for reverse-mode gradients."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import jax
+from jax import lax
+
+from ._geometry import is_int
+
+
+State = TypeVar("State")
+
+
+def _check_count(value: Any, name: str, minimum: int) -> int:
+    if not is_int(value) or operator.index(value) < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
+    return operator.index(value)
+
+
+def _steps(step: Callable[[State], State], state: State, count: int) -> State:
+    if count == 0:
+        return state
+    return lax.scan(lambda s, _: (step(s), None), state, length=count)[0]
+
+
+def iterate(
+    step: Callable[[State], State],
+    init: State,
+    num_steps: int,
+    *,
+    checkpoint_every: int | None = None,
+) -> State:
+    """Apply `step` `num_steps` times (a `lax.scan`), optionally checkpointed.
+
+    Reverse-mode differentiation of a plain loop stores what every step needs
+    for its gradient: one or more arrays per step, so 1,000 steps of a 512²
+    field with a learnable coefficient take about 1 GB. With
+    `checkpoint_every=k` the steps run in blocks of `k`, each block under
+    `jax.checkpoint`: the backward pass stores only the state at the start of
+    each block and recomputes one block at a time, so memory falls to about
+    `num_steps / k + k` states (smallest near `k = sqrt(num_steps)`) for one
+    extra forward pass.
+
+    **Arguments:**
+
+    - `step`: a function from the state (any pytree, e.g. an array or a tuple
+      of fields) to the next state of the same structure, shapes and dtypes.
+    - `init`: the initial state.
+    - `num_steps`: how many times to apply `step`, an int >= 0.
+    - `checkpoint_every`: `None` (no checkpointing) or the block length, an
+      int >= 1.
+
+    **Returns:**
+
+    The state after `num_steps` steps.
+
+    **Example:**
+
+    ```python
+    import jax
+    import jax.numpy as jnp
+    import eqx_stencil as es
+
+    heat = es.kmap(
+        lambda u, k: u[0] + k * (u[1] - 2 * u[0] + u[-1]),
+        kernel_size=3, padding="same", relative=True,
+    )
+
+    def loss(k):
+        u = es.iterate(lambda u: heat(u, k), jnp.eye(1, 64, 32)[0], 1000,
+                       checkpoint_every=32)
+        return jnp.sum(u**2)
+
+    jax.grad(loss)(0.2)
+    ```
+    """
+    num_steps = _check_count(num_steps, "num_steps", 0)
+    if checkpoint_every is None:
+        return _steps(step, init, num_steps)
+    every = _check_count(checkpoint_every, "checkpoint_every", 1)
+    blocks, rest = divmod(num_steps, every)
+    block = jax.checkpoint(lambda state: _steps(step, state, every))
+    return _steps(step, _steps(block, init, blocks), rest)
