@@ -1,5 +1,6 @@
 """eqx_stencil: differentiable stencil computations in JAX, as Equinox modules."""
 
+from . import nn as nn
 from ._iterate import iterate as iterate
 from ._stencil import (
     Stencil as Stencil,

@@ -1,0 +1,424 @@
+"""`MaxPool` / `AvgPool`: pooling over sliding windows, as stencils.
+
+Each is one [`eqx_stencil.kmap`][] stencil with a kernel of 1 on the channel
+dim: `jnp.max` (padding filled with `-inf`) or `jnp.sum` (padding filled with
+zeros, divided by the window size, padding included as in `eqx.nn.AvgPool`).
+Geometry and `use_ceil` follow [`equinox.nn.Pool`][] exactly.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, PRNGKeyArray, Shaped
+
+from .._stencil import kmap
+from ._parse import (
+    Pads,
+    check_input,
+    check_output_shape,
+    check_spatial_dims,
+    ntuple,
+    parse_pads,
+)
+
+
+PaddingArg = int | Sequence[int] | Sequence[tuple[int, int]]
+
+
+class _Pool(eqx.Module):
+    """Shared geometry and stencil of `MaxPool` and `AvgPool`."""
+
+    num_spatial_dims: int = eqx.field(static=True)
+    kernel_size: tuple[int, ...] = eqx.field(static=True)
+    stride: tuple[int, ...] = eqx.field(static=True)
+    padding: tuple[tuple[int, int], ...] = eqx.field(static=True)
+    use_ceil: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        num_spatial_dims: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        use_ceil: bool = False,
+    ):
+        n = check_spatial_dims(num_spatial_dims)
+        self.num_spatial_dims = n
+        self.kernel_size = ntuple("kernel_size", kernel_size, n)
+        self.stride = ntuple("stride", stride, n)
+        pads = parse_pads("padding", padding, n)
+        for (lo, hi), k in zip(pads, self.kernel_size):
+            if min(lo, hi) < 0 or max(lo, hi) > k:
+                raise ValueError(
+                    f"padding must be between 0 and the kernel size in every dim; got "
+                    f"padding={padding!r} for kernel_size={self.kernel_size}."
+                )
+        self.padding = pads
+        if not isinstance(use_ceil, bool):
+            raise TypeError(f"use_ceil must be a bool; got {use_ceil!r}.")
+        self.use_ceil = use_ceil
+
+    def _pads(self, spatial: tuple[int, ...]) -> Pads:
+        """The padding, with `stride` more at the end of every dim whose last
+        window would otherwise be dropped when `use_ceil` (as `eqx.nn.Pool`)."""
+        if not self.use_ceil:
+            return self.padding
+        pads = []
+        for n, (lo, hi), k, s in zip(
+            spatial, self.padding, self.kernel_size, self.stride
+        ):
+            pads.append((lo, hi) if (n + lo + hi - k) % s == 0 else (lo, hi + s))
+        for (lo, hi), k in zip(pads, self.kernel_size):
+            if max(lo, hi) > k:
+                raise ValueError(
+                    f"{type(self).__name__}: with use_ceil=True the padding becomes "
+                    f"{tuple(pads)} for an input of spatial shape {spatial}, larger "
+                    f"than kernel_size={self.kernel_size}; use a smaller stride or "
+                    "use_ceil=False."
+                )
+        return tuple(pads)
+
+    def _pool(self, x: Array, reduce: Callable[[Array], Array], cval: Any) -> Array:
+        name = type(self).__name__
+        check_input(name, x, self.num_spatial_dims)
+        spatial = tuple(x.shape[1:])
+        pads = self._pads(spatial)
+        ones = (1,) * self.num_spatial_dims
+        check_output_shape(name, spatial, self.kernel_size, self.stride, pads, ones)
+        stencil = kmap(
+            reduce,
+            kernel_size=(1, *self.kernel_size),
+            strides=(1, *self.stride),
+            padding=((0, 0), *pads),
+            cval=cval,
+        )
+        return cast(Array, stencil(x))
+
+
+def _lowest(dtype: Any) -> float | int | bool:
+    """The identity of `max` for `dtype`: `-inf`, or the smallest integer."""
+    if jnp.issubdtype(dtype, jnp.floating):
+        return -math.inf
+    if jnp.issubdtype(dtype, jnp.integer):
+        return int(jnp.iinfo(dtype).min)
+    if jnp.issubdtype(dtype, jnp.bool_):
+        return False
+    raise TypeError(f"MaxPool needs a real input; got an input of dtype {dtype}.")
+
+
+class MaxPool(_Pool):
+    """N-dimensional max pooling over sliding windows, computed with a stencil.
+
+    A drop-in replacement for `equinox.nn.MaxPool1d/2d/3d` (same arguments,
+    fields and output; padding is filled with `-inf`).
+    """
+
+    def __init__(
+        self,
+        num_spatial_dims: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        use_ceil: bool = False,
+    ):
+        """**Arguments:**
+
+        - `num_spatial_dims`: the number of spatial dims.
+        - `kernel_size`: window size, int or one per spatial dim.
+        - `stride`: step between windows, int or one per spatial dim (default 1,
+          as `eqx.nn`).
+        - `padding`: an int, one per spatial dim, or one `(lo, hi)` pair per
+          spatial dim, each between 0 and the kernel size.
+        - `use_ceil`: if `True`, the output length is rounded up instead of
+          down, padding the end by `stride` where needed (as `eqx.nn.Pool`).
+
+        **Returns:**
+
+        The layer. Call it on an array of shape `(channels, *spatial)`.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import eqx_stencil as es
+
+        pool = es.nn.MaxPool(2, kernel_size=2, stride=2)
+        pool(jnp.arange(16.0).reshape(1, 4, 4))  # [[[5, 7], [13, 15]]]
+        ```
+        """
+        super().__init__(num_spatial_dims, kernel_size, stride, padding, use_ceil)
+
+    def __call__(
+        self, x: Shaped[Array, " channels *spatial"], *, key: PRNGKeyArray | None = None
+    ) -> Shaped[Array, " channels *out_spatial"]:
+        """**Arguments:**
+
+        - `x`: the input, of shape `(channels, dim_1, .., dim_N)`.
+        - `key`: ignored; for compatibility with the Equinox API (keyword only).
+
+        **Returns:**
+
+        The maximum over each window: shape `(channels, new_dim_1, .., new_dim_N)`.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import eqx_stencil as es
+
+        es.nn.MaxPool1d(3, padding=1)(jnp.array([[1.0, 5.0, 2.0]]))  # [[5, 5, 5]]
+        ```
+        """
+        del key
+        return self._pool(x, jnp.max, _lowest(jnp.result_type(x)))
+
+
+class AvgPool(_Pool):
+    """N-dimensional average pooling over sliding windows, computed with a stencil.
+
+    A drop-in replacement for `equinox.nn.AvgPool1d/2d/3d` (same arguments,
+    fields and output: padding counts as zeros and the sum is divided by the
+    full window size).
+    """
+
+    def __init__(
+        self,
+        num_spatial_dims: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        use_ceil: bool = False,
+    ):
+        """**Arguments:**
+
+        As [`eqx_stencil.nn.MaxPool`][].
+
+        **Returns:**
+
+        The layer. Call it on an array of shape `(channels, *spatial)`.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import eqx_stencil as es
+
+        pool = es.nn.AvgPool(2, kernel_size=2, stride=2)
+        pool(jnp.arange(16.0).reshape(1, 4, 4))  # [[[2.5, 4.5], [10.5, 12.5]]]
+        ```
+        """
+        super().__init__(num_spatial_dims, kernel_size, stride, padding, use_ceil)
+
+    def __call__(
+        self, x: Shaped[Array, " channels *spatial"], *, key: PRNGKeyArray | None = None
+    ) -> Shaped[Array, " channels *out_spatial"]:
+        """**Arguments:**
+
+        - `x`: the input, of shape `(channels, dim_1, .., dim_N)`.
+        - `key`: ignored; for compatibility with the Equinox API (keyword only).
+
+        **Returns:**
+
+        The mean over each window (padding counted as zeros): shape
+        `(channels, new_dim_1, .., new_dim_N)`.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import eqx_stencil as es
+
+        es.nn.AvgPool1d(2, stride=2)(jnp.array([[1.0, 3.0, 2.0, 6.0]]))  # [[2, 4]]
+        ```
+        """
+        del key
+        return self._pool(x, jnp.sum, 0) / math.prod(self.kernel_size)
+
+
+class MaxPool1d(MaxPool):
+    """As [`eqx_stencil.nn.MaxPool`][] with `num_spatial_dims=1`: a drop-in
+    replacement for [`equinox.nn.MaxPool1d`][]."""
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        use_ceil: bool = False,
+    ):
+        """**Arguments:**
+
+        As [`eqx_stencil.nn.MaxPool`][], without `num_spatial_dims`.
+
+        **Returns:**
+
+        The layer. Call it on an array of shape `(channels, dim)`.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import eqx_stencil as es
+
+        es.nn.MaxPool1d(2, stride=2)(jnp.ones((3, 8))).shape  # (3, 4)
+        ```
+        """
+        super().__init__(1, kernel_size, stride, padding, use_ceil)
+
+
+class MaxPool2d(MaxPool):
+    """As [`eqx_stencil.nn.MaxPool`][] with `num_spatial_dims=2`: a drop-in
+    replacement for [`equinox.nn.MaxPool2d`][]."""
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        use_ceil: bool = False,
+    ):
+        """**Arguments:**
+
+        As [`eqx_stencil.nn.MaxPool`][], without `num_spatial_dims`.
+
+        **Returns:**
+
+        The layer. Call it on an array of shape `(channels, dim_1, dim_2)`.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import eqx_stencil as es
+
+        es.nn.MaxPool2d(2, stride=2)(jnp.ones((3, 8, 8))).shape  # (3, 4, 4)
+        ```
+        """
+        super().__init__(2, kernel_size, stride, padding, use_ceil)
+
+
+class MaxPool3d(MaxPool):
+    """As [`eqx_stencil.nn.MaxPool`][] with `num_spatial_dims=3`: a drop-in
+    replacement for [`equinox.nn.MaxPool3d`][]."""
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        use_ceil: bool = False,
+    ):
+        """**Arguments:**
+
+        As [`eqx_stencil.nn.MaxPool`][], without `num_spatial_dims`.
+
+        **Returns:**
+
+        The layer. Call it on an array of shape `(channels, dim_1, dim_2, dim_3)`.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import eqx_stencil as es
+
+        es.nn.MaxPool3d(2, stride=2)(jnp.ones((3, 8, 8, 8))).shape  # (3, 4, 4, 4)
+        ```
+        """
+        super().__init__(3, kernel_size, stride, padding, use_ceil)
+
+
+class AvgPool1d(AvgPool):
+    """As [`eqx_stencil.nn.AvgPool`][] with `num_spatial_dims=1`: a drop-in
+    replacement for [`equinox.nn.AvgPool1d`][]."""
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        use_ceil: bool = False,
+    ):
+        """**Arguments:**
+
+        As [`eqx_stencil.nn.AvgPool`][], without `num_spatial_dims`.
+
+        **Returns:**
+
+        The layer. Call it on an array of shape `(channels, dim)`.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import eqx_stencil as es
+
+        es.nn.AvgPool1d(2, stride=2)(jnp.ones((3, 8))).shape  # (3, 4)
+        ```
+        """
+        super().__init__(1, kernel_size, stride, padding, use_ceil)
+
+
+class AvgPool2d(AvgPool):
+    """As [`eqx_stencil.nn.AvgPool`][] with `num_spatial_dims=2`: a drop-in
+    replacement for [`equinox.nn.AvgPool2d`][]."""
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        use_ceil: bool = False,
+    ):
+        """**Arguments:**
+
+        As [`eqx_stencil.nn.AvgPool`][], without `num_spatial_dims`.
+
+        **Returns:**
+
+        The layer. Call it on an array of shape `(channels, dim_1, dim_2)`.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import eqx_stencil as es
+
+        es.nn.AvgPool2d(2, stride=2)(jnp.ones((3, 8, 8))).shape  # (3, 4, 4)
+        ```
+        """
+        super().__init__(2, kernel_size, stride, padding, use_ceil)
+
+
+class AvgPool3d(AvgPool):
+    """As [`eqx_stencil.nn.AvgPool`][] with `num_spatial_dims=3`: a drop-in
+    replacement for [`equinox.nn.AvgPool3d`][]."""
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        use_ceil: bool = False,
+    ):
+        """**Arguments:**
+
+        As [`eqx_stencil.nn.AvgPool`][], without `num_spatial_dims`.
+
+        **Returns:**
+
+        The layer. Call it on an array of shape `(channels, dim_1, dim_2, dim_3)`.
+
+        **Example:**
+
+        ```python
+        import jax.numpy as jnp
+        import eqx_stencil as es
+
+        es.nn.AvgPool3d(2, stride=2)(jnp.ones((3, 8, 8, 8))).shape  # (3, 4, 4, 4)
+        ```
+        """
+        super().__init__(3, kernel_size, stride, padding, use_ceil)
