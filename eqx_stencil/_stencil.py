@@ -63,6 +63,33 @@ class Stencil(eqx.Module):
       window's function (weights, coefficients) and are differentiable.
     - `stencil(func)` (a stencil built without a function) returns a new stencil
       with `func` as its function: the decorator form.
+    - `stencil(fields)` with a pytree of same-shape arrays gives the function
+      the same pytree of windows (multi-field stencils).
+
+    **Example:**
+
+    ```python
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import eqx_stencil as es
+
+
+    class Smoother(eqx.Module):
+        weight: jax.Array  # learnable centre weight
+        stencil: es.Stencil = es.kmap(
+            lambda u, c: c * u[0] + (1 - c) * (u[-1] + u[1]) / 2,
+            kernel_size=3, padding="same", relative=True, boundary="edge",
+        )
+
+        def __call__(self, u):
+            return self.stencil(u, self.weight)
+
+
+    model = Smoother(jnp.array(0.5))
+    grads = eqx.filter_grad(lambda m: jnp.sum(m(jnp.arange(5.0)) ** 2))(model)
+    print(grads.weight)
+    ```
     """
 
     func: Callable | None = eqx.field(converter=_check_func)

@@ -216,6 +216,10 @@ class TreeMath:
     !!! Example
 
         ```python
+        import equinox as eqx
+        from eqx_stencil.tree import TreeMath
+
+
         class Test(TreeMath, eqx.Module):
             a: float
             b: float
@@ -475,8 +479,20 @@ class TreeMath:
         **Example:**
 
         ```python
-        C.register_op(jnp.prod, "product", lambda x, y: x * y, 1)
-        C.reduce_product()
+        import equinox as eqx
+        import jax.numpy as jnp
+        from eqx_stencil.tree import TreeMath
+
+
+        class C(TreeMath, eqx.Module):
+            a: jnp.ndarray
+            b: jnp.ndarray
+
+
+        c = C(jnp.array([1.0, 2.0]), jnp.array([3.0, 4.0]))
+        c.register_op(jnp.prod, "product", lambda x, y: x * y, 1.0)
+        print(c.product())  # C(a=2.0, b=12.0), leaf by leaf
+        print(c.reduce_product())  # 24.0, across leaves
         ```
         """
         if not isinstance(name, str) or not name.isidentifier():

@@ -25,10 +25,16 @@ def static_field(**kwargs: Any) -> Any:
     **Example:**
 
     ```python
+    from eqx_stencil.tree import static_field, treeclass
+
+
     @treeclass
     class Test:
         a: float
         name: str = static_field()
+
+
+    print(Test(1.0, "A"))  # name is static: not a leaf of the pytree
     ```
     """
     return eqx.field(static=True, **kwargs)
@@ -55,6 +61,9 @@ def treeclass(cls: type) -> type:
     **Example:**
 
     ```python
+    from eqx_stencil.tree import static_field, treeclass
+
+
     @treeclass
     class Test:
         a: float

@@ -174,7 +174,12 @@ def summary(tree: Any) -> str:
     **Example:**
 
     ```python
-    print(summary(model))  # ┌────┬──────┬───────┬─────────┬──────────────────┐ ...
+    import jax
+    import equinox as eqx
+    from eqx_stencil.tree import summary
+
+    model = eqx.nn.MLP(2, 1, width_size=8, depth=1, key=jax.random.PRNGKey(0))
+    print(summary(model))  # a row per field (layers: 33 params, ...), then totals
     ```
     """
     rows = []
@@ -225,10 +230,16 @@ def tree_diagram(tree: Any) -> str:
     **Example:**
 
     ```python
+    import jax
+    import equinox as eqx
+    from eqx_stencil.tree import tree_diagram
+
+    model = eqx.nn.MLP(2, 1, width_size=8, depth=1, key=jax.random.PRNGKey(0))
     print(tree_diagram(model))
-    # StackedLinear
-    # ├── l1=Linear
-    # │   ├── weight=f32[1,128]
+    # MLP
+    # ├── layers=tuple
+    # │   ├── [0]=Linear
+    # │   │   ├── weight=f32[8,2]
     # ...
     ```
     """
@@ -264,10 +275,15 @@ def tree_mermaid(tree: Any) -> str:
     **Example:**
 
     ```python
+    import jax
+    import equinox as eqx
+    from eqx_stencil.tree import tree_mermaid
+
+    model = eqx.nn.MLP(2, 1, width_size=8, depth=1, key=jax.random.PRNGKey(0))
     print(tree_mermaid(model))
     # flowchart LR
-    #     id0["StackedLinear"]
-    #     id1["l1: Linear"]
+    #     id0["MLP"]
+    #     id1["layers: tuple<br>33 params"]
     #     id0 --> id1
     # ...
     ```
@@ -381,9 +397,16 @@ def tree_box(model: Callable[..., Any], *inputs: Any, **kwargs: Any) -> str:
     **Example:**
 
     ```python
-    print(tree_box(model, jnp.ones((100, 1))))
-    # ┌──────────────────────┐
-    # │StackedLinear(Parent) │ ...
+    import jax.numpy as jnp
+    import jax
+    import equinox as eqx
+    from eqx_stencil.tree import tree_box
+
+    model = eqx.nn.MLP(2, 1, width_size=8, depth=1, key=jax.random.PRNGKey(0))
+    print(tree_box(model, jnp.ones(2)))
+    # ┌───────────────────────────────────────┐
+    # │MLP(Parent)                            │ ...
+    # │││ Linear(layers[0]) │────────┼────────┤│ ...
     ```
     """
     if not callable(model):
@@ -455,8 +478,19 @@ class TreeViz:
     !!! Example
 
         ```python
-        class MLP(TreeViz, eqx.Module): ...
-        print(MLP(...).summary())
+        import jax
+        import equinox as eqx
+        from eqx_stencil.tree import TreeViz
+
+
+        class Affine(TreeViz, eqx.Module):
+            weight: jax.Array
+            bias: jax.Array
+
+
+        model = Affine(jax.numpy.ones((3, 2)), jax.numpy.zeros(3))
+        print(model.summary())  # weight f32[3,2], bias f32[3]: 9 params
+        print(model.tree_diagram())
         ```
     """
 
