@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
+from pathlib import Path
 
 from . import (
     compile_time,
@@ -20,6 +21,7 @@ from . import (
     scan,
     solver,
 )
+from ._plot import plot
 from ._report import Table, machine, markdown, missed
 from ._runtime import RuntimeCase, optional_kernex, run_case
 from ._timing import FULL, QUICK, Budget
@@ -64,6 +66,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=list(CASES),
         help="run only this case (repeatable); default: all",
     )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        help="also draw eqx_stencil's ratios as a bar chart (PNG) at this path",
+    )
     return parser.parse_args(argv)
 
 
@@ -87,17 +94,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"- mode: {'quick (smoke run)' if options.quick else 'full'}\n", flush=True)
     start = time.perf_counter()
     tables = []
-    for name in options.case or CASES:
+    names = options.case or list(CASES)
+    for number, name in enumerate(names, start=1):
+        print(f"[{number}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
         case_start = time.perf_counter()
         result = CASES[name](budget)
         tables.extend([result] if isinstance(result, Table) else result)
         seconds = time.perf_counter() - case_start
-        print(f"{name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+        print(f"[{number}/{len(names)}] {name}: {seconds:.1f} s", file=sys.stderr)
     for table in merge(tables):
         print(markdown(table), end="\n\n")
     lines = missed(tables)
     print("## Bars and targets missed\n")
     print("\n".join(lines) if lines else "none")
+    if options.plot is not None:
+        plot(tables, options.plot)
+        print(f"plot: {options.plot}", file=sys.stderr)
     print(f"total: {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 
