@@ -1,10 +1,12 @@
 """`AverageBlur`: a depthwise box blur, as one stencil per spatial dim."""
 
+import functools as ft
 import math
 from collections.abc import Sequence
 from typing import cast
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, Real
 
@@ -29,6 +31,18 @@ class AverageBlur(eqx.Module):
     mean, as in kernex). The box is separable, so it runs as one 1-D stencil
     per spatial dim: `k_1 + .. + k_N` taps per position instead of
     `k_1 * .. * k_N`, which matters for the large kernels blurs use.
+
+    **Example:**
+
+    ```python
+    import jax
+    import jax.numpy as jnp
+    import eqx_stencil as es
+
+    images = jnp.ones((8, 4, 64, 64), jnp.uint8)  # a batch of RGBA images
+    blurred = jax.vmap(es.nn.AverageBlur(in_channels=4, kernel_size=(25, 25)))(images)
+    blurred.shape, blurred[0, 0, 32, 32]  # (8, 4, 64, 64), 1.0
+    ```
     """
 
     in_channels: int = eqx.field(static=True)
@@ -104,16 +118,22 @@ class AverageBlur(eqx.Module):
         """
         del key
         check_input(type(self).__name__, x, self.num_spatial_dims, self.in_channels)
-        out = jnp.asarray(x)
-        if not jnp.issubdtype(out.dtype, jnp.inexact):
-            out = out.astype(jnp.result_type(float))
-        boundary = PADDING_MODES[self.padding_mode]
-        rank = self.num_spatial_dims + 1
-        for dim, k in enumerate(self.kernel_size, start=1):
-            if k == 1:
-                continue
-            kernel = tuple(k if d == dim else 1 for d in range(rank))
-            padding = tuple("same" if d == dim else 0 for d in range(rank))
-            box = kmap(jnp.sum, kernel_size=kernel, padding=padding, boundary=boundary)
-            out = cast(Array, box(out))
-        return out / math.prod(self.kernel_size)
+        x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            x = x.astype(jnp.result_type(float))
+        return _box_blur(x, self.kernel_size, PADDING_MODES[self.padding_mode])
+
+
+@ft.partial(jax.jit, static_argnums=(1, 2))
+def _box_blur(x: Array, kernel_size: tuple[int, ...], boundary: str) -> Array:
+    """Mean over `kernel_size` boxes ("same" padding), one spatial dim at a
+    time; one compiled program, also when called eagerly."""
+    rank = x.ndim
+    for dim, k in enumerate(kernel_size, start=1):
+        if k == 1:
+            continue
+        kernel = tuple(k if d == dim else 1 for d in range(rank))
+        padding = tuple("same" if d == dim else 0 for d in range(rank))
+        box = kmap(jnp.sum, kernel_size=kernel, padding=padding, boundary=boundary)
+        x = cast(Array, box(x))
+    return x / math.prod(kernel_size)

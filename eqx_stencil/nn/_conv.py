@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import cast
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jrandom
 import numpy as np
@@ -105,6 +106,9 @@ def _shifted_sum(
     return cast(Array, stencil(y))
 
 
+@ft.partial(
+    jax.jit, static_argnames=("stride", "pads", "dilation", "groups", "boundary")
+)
 def convolve(
     x: Array,
     weight: Array,
@@ -116,7 +120,10 @@ def convolve(
 ) -> Array:
     """Cross-correlation of `x` `(C_in, *spatial)` with `weight`
     `(C_out, C_in // groups, *kernel)`, as `lax.conv_general_dilated` with
-    explicit `pads` filled by `boundary`. Returns `(C_out, *out_spatial)`."""
+    explicit `pads` filled by `boundary`. Returns `(C_out, *out_spatial)`.
+
+    Compiled as one program (nested in the caller's `jit`, if any), so that an
+    eager call does not dispatch the stencils' many slices one by one."""
     n = x.ndim - 1
     c_out, c_group = weight.shape[:2]
     kernel = weight.shape[2:]
@@ -160,6 +167,21 @@ class Conv(eqx.Module):
     The forward pass is two [`eqx_stencil.kmap`][] stencils around one matrix
     product: the taps along the last spatial dim, a GEMM with the weight, and a
     shifted sum over the taps of the other dims (see the module's notes).
+
+    **Example:**
+
+    ```python
+    import equinox as eqx
+    import jax
+    import eqx_stencil as es
+
+    key = jax.random.key(0)
+    ours = es.nn.Conv(2, 3, 8, kernel_size=3, padding="same", key=key)
+    theirs = eqx.nn.Conv(2, 3, 8, kernel_size=3, padding="same", key=key)
+    ours = eqx.tree_at(lambda m: (m.weight, m.bias), ours, (theirs.weight, theirs.bias))
+    x = jax.random.normal(key, (3, 16, 16))
+    assert jax.numpy.allclose(ours(x), theirs(x), atol=1e-5)
+    ```
     """
 
     num_spatial_dims: int = eqx.field(static=True)
@@ -324,7 +346,19 @@ def _uniform(key: PRNGKeyArray, shape: tuple[int, ...], dtype, lim: float) -> Ar
 
 class Conv1d(Conv):
     """As [`eqx_stencil.nn.Conv`][] with `num_spatial_dims=1`: a drop-in
-    replacement for [`equinox.nn.Conv1d`][]."""
+    replacement for [`equinox.nn.Conv1d`][].
+
+    **Example:**
+
+    ```python
+    import jax
+    import eqx_stencil as es
+
+    key = jax.random.key(0)
+    layer = es.nn.Conv1d(2, 4, kernel_size=3, stride=2, padding=1, key=key)
+    layer(jax.numpy.ones((2, 8))).shape  # (4, 4)
+    ```
+    """
 
     def __init__(
         self,
@@ -377,7 +411,19 @@ class Conv1d(Conv):
 
 class Conv2d(Conv):
     """As [`eqx_stencil.nn.Conv`][] with `num_spatial_dims=2`: a drop-in
-    replacement for [`equinox.nn.Conv2d`][]."""
+    replacement for [`equinox.nn.Conv2d`][].
+
+    **Example:**
+
+    ```python
+    import jax
+    import eqx_stencil as es
+
+    key = jax.random.key(0)
+    layer = es.nn.Conv2d(2, 4, kernel_size=3, stride=2, padding=1, key=key)
+    layer(jax.numpy.ones((2, 8, 8))).shape  # (4, 4, 4)
+    ```
+    """
 
     def __init__(
         self,
@@ -430,7 +476,19 @@ class Conv2d(Conv):
 
 class Conv3d(Conv):
     """As [`eqx_stencil.nn.Conv`][] with `num_spatial_dims=3`: a drop-in
-    replacement for [`equinox.nn.Conv3d`][]."""
+    replacement for [`equinox.nn.Conv3d`][].
+
+    **Example:**
+
+    ```python
+    import jax
+    import eqx_stencil as es
+
+    key = jax.random.key(0)
+    layer = es.nn.Conv3d(2, 4, kernel_size=3, stride=2, padding=1, key=key)
+    layer(jax.numpy.ones((2, 8, 8, 8))).shape  # (4, 4, 4, 4)
+    ```
+    """
 
     def __init__(
         self,

@@ -1,10 +1,12 @@
 """`FiniteDifference`: a stencil layer whose taps are learnable parameters."""
 
+import functools as ft
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
@@ -111,6 +113,26 @@ class FiniteDifference(eqx.Module):
     - `"central_1d"`, `"central_2d"`, `"central_3d"`: the second-order central
       first derivative `(u[i+1] - u[i-1]) / (2 h)` along dim `axis` (of the
       spatial dims).
+
+    **Example:**
+
+    ```python
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import eqx_stencil as es
+
+    h = 0.1
+    grid = jnp.arange(20) * h
+    u = (grid[:, None] ** 2 + grid[None, :] ** 2)[None]  # one channel
+    lap = es.nn.FiniteDifference("laplacian_5", spacing=h)
+    lap(u)[0, 1:-1, 1:-1]  # 4.0 inside (exact for quadratics)
+
+    # the taps are parameters: fit them to data with eqx.filter_grad
+    loss = lambda layer: jnp.mean((layer(u) - 4.0)[:, 1:-1, 1:-1] ** 2)
+    grads = eqx.filter_grad(loss)(lap)
+    grads.weight.shape  # (3, 3)
+    ```
     """
 
     weight: Array
@@ -201,16 +223,22 @@ class FiniteDifference(eqx.Module):
         ```
         """
         del key
-        n = self.num_spatial_dims
-        check_input(type(self).__name__, x, n)
-        stencil = kmap(
-            _correlate,
-            kernel_size=(1, *self.kernel_size),
-            padding=(0, *("same",) * n),
-            boundary=PADDING_MODES[self.padding_mode],
-        )
-        return cast(Array, stencil(x, self.weight[None]))
+        check_input(type(self).__name__, x, self.num_spatial_dims)
+        return _apply_taps(x, self.weight, PADDING_MODES[self.padding_mode])
 
 
 def _correlate(window: Array, weight: Array) -> Array:
     return jnp.sum(window * weight)
+
+
+@ft.partial(jax.jit, static_argnums=2)
+def _apply_taps(x: Array, weight: Array, boundary: str) -> Array:
+    """Every channel of `x` correlated with `weight` ("same" padding); one
+    compiled program, also when called eagerly."""
+    stencil = kmap(
+        _correlate,
+        kernel_size=(1, *weight.shape),
+        padding=(0, *("same",) * weight.ndim),
+        boundary=boundary,
+    )
+    return cast(Array, stencil(x, weight[None]))

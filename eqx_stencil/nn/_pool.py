@@ -6,11 +6,13 @@ zeros, divided by the window size, padding included as in `eqx.nn.AvgPool`).
 Geometry and `use_ceil` follow [`equinox.nn.Pool`][] exactly.
 """
 
+import functools as ft
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray, Shaped
 
@@ -88,14 +90,28 @@ class _Pool(eqx.Module):
         pads = self._pads(spatial)
         ones = (1,) * self.num_spatial_dims
         check_output_shape(name, spatial, self.kernel_size, self.stride, pads, ones)
-        stencil = kmap(
-            reduce,
-            kernel_size=(1, *self.kernel_size),
-            strides=(1, *self.stride),
-            padding=((0, 0), *pads),
-            cval=cval,
-        )
-        return cast(Array, stencil(x))
+        return _pool(x, reduce, self.kernel_size, self.stride, pads, cval)
+
+
+@ft.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _pool(
+    x: Array,
+    reduce: Callable[[Array], Array],
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    pads: Pads,
+    cval: Any,
+) -> Array:
+    """`reduce` over every window (kernel 1 on the channel dim), padding filled
+    with `cval`; one compiled program, also when called eagerly."""
+    stencil = kmap(
+        reduce,
+        kernel_size=(1, *kernel_size),
+        strides=(1, *stride),
+        padding=((0, 0), *pads),
+        cval=cval,
+    )
+    return cast(Array, stencil(x))
 
 
 def _lowest(dtype: Any) -> float | int | bool:
@@ -114,6 +130,19 @@ class MaxPool(_Pool):
 
     A drop-in replacement for `equinox.nn.MaxPool1d/2d/3d` (same arguments,
     fields and output; padding is filled with `-inf`).
+
+    **Example:**
+
+    ```python
+    import equinox as eqx
+    import jax
+    import eqx_stencil as es
+
+    x = jax.random.normal(jax.random.key(0), (3, 9, 9))
+    ours = es.nn.MaxPool(2, kernel_size=3, stride=2, padding=1)
+    theirs = eqx.nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    assert (ours(x) == theirs(x)).all()
+    ```
     """
 
     def __init__(
@@ -182,6 +211,19 @@ class AvgPool(_Pool):
     A drop-in replacement for `equinox.nn.AvgPool1d/2d/3d` (same arguments,
     fields and output: padding counts as zeros and the sum is divided by the
     full window size).
+
+    **Example:**
+
+    ```python
+    import equinox as eqx
+    import jax
+    import eqx_stencil as es
+
+    x = jax.random.normal(jax.random.key(0), (3, 9))
+    ours = es.nn.AvgPool(1, kernel_size=2, stride=2, use_ceil=True)
+    theirs = eqx.nn.AvgPool1d(kernel_size=2, stride=2, use_ceil=True)
+    assert jax.numpy.allclose(ours(x), theirs(x))  # both of shape (3, 5)
+    ```
     """
 
     def __init__(
@@ -240,7 +282,18 @@ class AvgPool(_Pool):
 
 class MaxPool1d(MaxPool):
     """As [`eqx_stencil.nn.MaxPool`][] with `num_spatial_dims=1`: a drop-in
-    replacement for [`equinox.nn.MaxPool1d`][]."""
+    replacement for [`equinox.nn.MaxPool1d`][].
+
+    **Example:**
+
+    ```python
+    import jax
+    import eqx_stencil as es
+
+    layer = es.nn.MaxPool1d(kernel_size=2, stride=2)
+    layer(jax.numpy.ones((2, 8))).shape  # (2, 4)
+    ```
+    """
 
     def __init__(
         self,
@@ -271,7 +324,18 @@ class MaxPool1d(MaxPool):
 
 class MaxPool2d(MaxPool):
     """As [`eqx_stencil.nn.MaxPool`][] with `num_spatial_dims=2`: a drop-in
-    replacement for [`equinox.nn.MaxPool2d`][]."""
+    replacement for [`equinox.nn.MaxPool2d`][].
+
+    **Example:**
+
+    ```python
+    import jax
+    import eqx_stencil as es
+
+    layer = es.nn.MaxPool2d(kernel_size=2, stride=2)
+    layer(jax.numpy.ones((2, 8, 8))).shape  # (2, 4, 4)
+    ```
+    """
 
     def __init__(
         self,
@@ -302,7 +366,18 @@ class MaxPool2d(MaxPool):
 
 class MaxPool3d(MaxPool):
     """As [`eqx_stencil.nn.MaxPool`][] with `num_spatial_dims=3`: a drop-in
-    replacement for [`equinox.nn.MaxPool3d`][]."""
+    replacement for [`equinox.nn.MaxPool3d`][].
+
+    **Example:**
+
+    ```python
+    import jax
+    import eqx_stencil as es
+
+    layer = es.nn.MaxPool3d(kernel_size=2, stride=2)
+    layer(jax.numpy.ones((2, 8, 8, 8))).shape  # (2, 4, 4, 4)
+    ```
+    """
 
     def __init__(
         self,
@@ -333,7 +408,18 @@ class MaxPool3d(MaxPool):
 
 class AvgPool1d(AvgPool):
     """As [`eqx_stencil.nn.AvgPool`][] with `num_spatial_dims=1`: a drop-in
-    replacement for [`equinox.nn.AvgPool1d`][]."""
+    replacement for [`equinox.nn.AvgPool1d`][].
+
+    **Example:**
+
+    ```python
+    import jax
+    import eqx_stencil as es
+
+    layer = es.nn.AvgPool1d(kernel_size=2, stride=2)
+    layer(jax.numpy.ones((2, 8))).shape  # (2, 4)
+    ```
+    """
 
     def __init__(
         self,
@@ -364,7 +450,18 @@ class AvgPool1d(AvgPool):
 
 class AvgPool2d(AvgPool):
     """As [`eqx_stencil.nn.AvgPool`][] with `num_spatial_dims=2`: a drop-in
-    replacement for [`equinox.nn.AvgPool2d`][]."""
+    replacement for [`equinox.nn.AvgPool2d`][].
+
+    **Example:**
+
+    ```python
+    import jax
+    import eqx_stencil as es
+
+    layer = es.nn.AvgPool2d(kernel_size=2, stride=2)
+    layer(jax.numpy.ones((2, 8, 8))).shape  # (2, 4, 4)
+    ```
+    """
 
     def __init__(
         self,
@@ -395,7 +492,18 @@ class AvgPool2d(AvgPool):
 
 class AvgPool3d(AvgPool):
     """As [`eqx_stencil.nn.AvgPool`][] with `num_spatial_dims=3`: a drop-in
-    replacement for [`equinox.nn.AvgPool3d`][]."""
+    replacement for [`equinox.nn.AvgPool3d`][].
+
+    **Example:**
+
+    ```python
+    import jax
+    import eqx_stencil as es
+
+    layer = es.nn.AvgPool3d(kernel_size=2, stride=2)
+    layer(jax.numpy.ones((2, 8, 8, 8))).shape  # (2, 4, 4, 4)
+    ```
+    """
 
     def __init__(
         self,
