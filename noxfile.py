@@ -1,5 +1,7 @@
 """Developer sessions: `nox -l` lists them, `nox -s NAME` runs one."""
 
+import shutil
+
 import nox
 
 
@@ -19,6 +21,24 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *args, env={"JAX_PLATFORMS": "cpu"})
 
 
+@nox.session(python=PYTHON, venv_params=["--system-site-packages"])
+def tests_gpu(session: nox.Session) -> None:
+    """Run the test suite on a CUDA GPU (skips when there is none)."""
+    if shutil.which("nvidia-smi") is None:
+        session.skip("no CUDA GPU here (nvidia-smi not found): nothing to run")
+    # The system's CUDA-enabled jax (if any) is visible in this virtualenv.
+    session.install("-e", ".[test]")
+    probe = "import jax; print(jax.default_backend())"
+    backend = session.run("python", "-c", probe, silent=True, success_codes=[0, 1])
+    if not isinstance(backend, str) or backend.strip() != "gpu":
+        session.error(
+            "a GPU is present but jax has no CUDA backend here: install a CUDA jax, "
+            'e.g. pip install "jax[cuda12]", then rerun nox -s tests_gpu.'
+        )
+    args = session.posargs or ["-q", "--hypothesis-seed=0"]
+    session.run("pytest", *args, env={"JAX_PLATFORMS": "cuda"})
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
@@ -32,6 +52,13 @@ def typecheck(session: nox.Session) -> None:
     """pyright over the package."""
     session.install("-e", ".[test]", "pyright")
     session.run("pyright")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with mkdocs --strict (into site/)."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session(python=PYTHON)

@@ -12,11 +12,8 @@ import re
 import textwrap
 from pathlib import Path
 
-import matplotlib
 import pytest
 
-
-matplotlib.use("Agg")
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
