@@ -16,6 +16,7 @@ from . import (
     heat,
     laplacian,
     memory,
+    nn,
     patches,
     pooling,
     scan,
@@ -51,6 +52,11 @@ CASES: dict[str, Case] = {
     "compile": compile_time.run,
     "first-call": first_call.run,
     "memory": memory.run,
+    "nn-conv": runtime(lambda: nn.conv_case(16, 16, 64)),
+    "nn-conv128": runtime(lambda: nn.conv_case(16, 16, 128)),
+    "nn-conv64ch": runtime(lambda: nn.conv_case(64, 64, 64)),
+    "nn-conv-grad": runtime(lambda: nn.conv_grad_case(16, 16, 64)),
+    "nn-maxpool": runtime(lambda: nn.maxpool_case(16, 128)),
 }
 
 
