@@ -157,7 +157,7 @@ def convolve(
 class Conv(eqx.Module):
     """General N-dimensional convolution, computed with stencils.
 
-    A drop-in replacement for [`equinox.nn.Conv`][]: same constructor, same
+    A drop-in replacement for `eqx.nn.Conv`: same constructor, same
     fields (`weight` of shape `(out_channels, in_channels // groups, *kernel_size)`,
     `bias` of shape `(out_channels, 1, .., 1)`, static geometry), same
     initialisation (the same `key` gives the same weights), same output. So
@@ -346,7 +346,7 @@ def _uniform(key: PRNGKeyArray, shape: tuple[int, ...], dtype, lim: float) -> Ar
 
 class Conv1d(Conv):
     """As [`eqx_stencil.nn.Conv`][] with `num_spatial_dims=1`: a drop-in
-    replacement for [`equinox.nn.Conv1d`][].
+    replacement for `eqx.nn.Conv1d`.
 
     **Example:**
 
@@ -411,7 +411,7 @@ class Conv1d(Conv):
 
 class Conv2d(Conv):
     """As [`eqx_stencil.nn.Conv`][] with `num_spatial_dims=2`: a drop-in
-    replacement for [`equinox.nn.Conv2d`][].
+    replacement for `eqx.nn.Conv2d`.
 
     **Example:**
 
@@ -476,7 +476,7 @@ class Conv2d(Conv):
 
 class Conv3d(Conv):
     """As [`eqx_stencil.nn.Conv`][] with `num_spatial_dims=3`: a drop-in
-    replacement for [`equinox.nn.Conv3d`][].
+    replacement for `eqx.nn.Conv3d`.
 
     **Example:**
 

@@ -3,7 +3,7 @@
 Each is one [`eqx_stencil.kmap`][] stencil with a kernel of 1 on the channel
 dim: `jnp.max` (padding filled with `-inf`) or `jnp.sum` (padding filled with
 zeros, divided by the window size, padding included as in `eqx.nn.AvgPool`).
-Geometry and `use_ceil` follow [`equinox.nn.Pool`][] exactly.
+Geometry and `use_ceil` follow `eqx.nn.Pool` exactly.
 """
 
 import functools as ft
@@ -128,7 +128,7 @@ def _lowest(dtype: Any) -> float | int | bool:
 class MaxPool(_Pool):
     """N-dimensional max pooling over sliding windows, computed with a stencil.
 
-    A drop-in replacement for `equinox.nn.MaxPool1d/2d/3d` (same arguments,
+    A drop-in replacement for `eqx.nn.MaxPool1d/2d/3d` (same arguments,
     fields and output; padding is filled with `-inf`).
 
     **Example:**
@@ -208,7 +208,7 @@ class MaxPool(_Pool):
 class AvgPool(_Pool):
     """N-dimensional average pooling over sliding windows, computed with a stencil.
 
-    A drop-in replacement for `equinox.nn.AvgPool1d/2d/3d` (same arguments,
+    A drop-in replacement for `eqx.nn.AvgPool1d/2d/3d` (same arguments,
     fields and output: padding counts as zeros and the sum is divided by the
     full window size).
 
@@ -282,7 +282,7 @@ class AvgPool(_Pool):
 
 class MaxPool1d(MaxPool):
     """As [`eqx_stencil.nn.MaxPool`][] with `num_spatial_dims=1`: a drop-in
-    replacement for [`equinox.nn.MaxPool1d`][].
+    replacement for `eqx.nn.MaxPool1d`.
 
     **Example:**
 
@@ -324,7 +324,7 @@ class MaxPool1d(MaxPool):
 
 class MaxPool2d(MaxPool):
     """As [`eqx_stencil.nn.MaxPool`][] with `num_spatial_dims=2`: a drop-in
-    replacement for [`equinox.nn.MaxPool2d`][].
+    replacement for `eqx.nn.MaxPool2d`.
 
     **Example:**
 
@@ -366,7 +366,7 @@ class MaxPool2d(MaxPool):
 
 class MaxPool3d(MaxPool):
     """As [`eqx_stencil.nn.MaxPool`][] with `num_spatial_dims=3`: a drop-in
-    replacement for [`equinox.nn.MaxPool3d`][].
+    replacement for `eqx.nn.MaxPool3d`.
 
     **Example:**
 
@@ -408,7 +408,7 @@ class MaxPool3d(MaxPool):
 
 class AvgPool1d(AvgPool):
     """As [`eqx_stencil.nn.AvgPool`][] with `num_spatial_dims=1`: a drop-in
-    replacement for [`equinox.nn.AvgPool1d`][].
+    replacement for `eqx.nn.AvgPool1d`.
 
     **Example:**
 
@@ -450,7 +450,7 @@ class AvgPool1d(AvgPool):
 
 class AvgPool2d(AvgPool):
     """As [`eqx_stencil.nn.AvgPool`][] with `num_spatial_dims=2`: a drop-in
-    replacement for [`equinox.nn.AvgPool2d`][].
+    replacement for `eqx.nn.AvgPool2d`.
 
     **Example:**
 
@@ -492,7 +492,7 @@ class AvgPool2d(AvgPool):
 
 class AvgPool3d(AvgPool):
     """As [`eqx_stencil.nn.AvgPool`][] with `num_spatial_dims=3`: a drop-in
-    replacement for [`equinox.nn.AvgPool3d`][].
+    replacement for `eqx.nn.AvgPool3d`.
 
     **Example:**
 
