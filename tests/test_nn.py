@@ -65,14 +65,14 @@ def conv_configs(draw):
     kind = draw(st.sampled_from(["int", "ints", "pairs", "SAME", "SAME_LOWER", "same"]))
     if kind in ("SAME", "SAME_LOWER", "same", "valid"):
         padding = kind
-    elif kind == "int":
-        padding = draw(st.integers(0, 2))
-    elif kind == "ints":
-        padding = tuple(draw(st.integers(0, 2)) for _ in range(n))
-    else:
-        padding = tuple(
-            (draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(n)
-        )
+    else:  # negative padding crops (lax's meaning; eqx.nn pads other modes)
+        pad = st.integers(-1 if mode == "ZEROS" else 0, 2)
+        if kind == "int":
+            padding = draw(pad)
+        elif kind == "ints":
+            padding = tuple(draw(pad) for _ in range(n))
+        else:
+            padding = tuple((draw(pad), draw(pad)) for _ in range(n))
     spatial = tuple(draw(st.integers(3, {1: 9, 2: 7, 3: 5}[n])) for _ in range(n))
     # Output non-empty; reflect needs padding < size (as jnp.pad).
     spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
@@ -144,6 +144,15 @@ def test_conv_depthwise():
     theirs = eqx.nn.Conv2d(8, 16, key=key, **kwargs)
     ours = enn.Conv2d(8, 16, key=key, **kwargs)
     x = _normal((8, 10, 12))
+    _close(_apply(ours, x), _apply(theirs, x))
+
+
+def test_conv_complex():
+    key = jax.random.PRNGKey(0)
+    kwargs = dict(kernel_size=3, padding="same", dtype=jnp.complex64)
+    theirs = eqx.nn.Conv2d(2, 3, key=key, **kwargs)
+    ours = enn.Conv2d(2, 3, key=key, **kwargs)
+    x = (_normal((2, 6, 7)) + 1j * _normal((2, 6, 7), seed=1)).astype(jnp.complex64)
     _close(_apply(ours, x), _apply(theirs, x))
 
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jrandom
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Inexact, PRNGKeyArray
 
 from .._stencil import kmap
 from ._parse import (
@@ -287,10 +287,10 @@ class Conv(eqx.Module):
 
     def __call__(
         self,
-        x: Float[Array, " in_channels *spatial"],
+        x: Inexact[Array, " in_channels *spatial"],
         *,
         key: PRNGKeyArray | None = None,
-    ) -> Float[Array, " out_channels *out_spatial"]:
+    ) -> Inexact[Array, " out_channels *out_spatial"]:
         """**Arguments:**
 
         - `x`: the input, of shape `(in_channels, dim_1, .., dim_N)`. Use

@@ -9,7 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Inexact, PRNGKeyArray
 
 from .._stencil import kmap
 from ._parse import (
@@ -199,10 +199,10 @@ class FiniteDifference(eqx.Module):
 
     def __call__(
         self,
-        x: Float[Array, " channels *spatial"],
+        x: Inexact[Array, " channels *spatial"],
         *,
         key: PRNGKeyArray | None = None,
-    ) -> Float[Array, " channels *spatial"]:
+    ) -> Inexact[Array, " channels *spatial"]:
         """**Arguments:**
 
         - `x`: the input, of shape `(channels, dim_1, .., dim_N)`.
