@@ -125,7 +125,7 @@ def plot(
         ax.set_yticks([])
     fig.suptitle("wave equation, leapfrog: a plane wave packet through a double slit")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=80)
     plt.close(fig)
 
 
