@@ -211,6 +211,18 @@ def test_pool_equals_eqx_pool(config, kind):
     _close(_apply(generic, x), expected)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_max_pool_grads_at_ties_equal_eqx(n):
+    """At ties the gradient goes to the first maximal tap, as eqx.nn's."""
+    kwargs = dict(kernel_size=3, stride=2, padding=1)
+    ours = getattr(enn, f"MaxPool{n}d")(**kwargs)
+    theirs = getattr(eqx.nn, f"MaxPool{n}d")(**kwargs)
+    x = jax.random.bernoulli(jax.random.PRNGKey(n), 0.5, (2,) + (6,) * n) * 1.0
+    weights = _normal(jax.eval_shape(theirs, x).shape)
+    grad = eqx.filter_jit(jax.grad(lambda x, pool: jnp.sum(weights * pool(x))))
+    _close(grad(x, ours), grad(x, theirs), rtol=0, atol=0)
+
+
 def test_max_pool_integer_input():
     x = jnp.arange(-20, 16, dtype=jnp.int32).reshape(1, 6, 6)
     out = enn.MaxPool2d(3, stride=2, padding=1)(x)

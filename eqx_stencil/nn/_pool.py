@@ -14,6 +14,7 @@ from typing import Any, cast
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, PRNGKeyArray, Shaped
 
 from .._stencil import kmap
@@ -125,11 +126,33 @@ def _lowest(dtype: Any) -> float | int | bool:
     raise TypeError(f"MaxPool needs a real input; got an input of dtype {dtype}.")
 
 
+@ft.cache
+def first_max(kernel_size: tuple[int, ...]) -> Callable[[Array], Array]:
+    """The window function of `MaxPool`: the maximum, taken tap by tap in
+    row-major order keeping the earlier tap at ties (and propagating NaN).
+
+    Its value is `jnp.max`'s; its gradient goes to the first maximal tap, as
+    `lax.reduce_window`'s does, where `jnp.max` would share it among ties. It
+    indexes single taps, so the stencil runs it by the shift lowering."""
+    taps = [(0, *tap) for tap in np.ndindex(*kernel_size)]
+
+    def window_max(window: Array) -> Array:
+        best = window[taps[0]]
+        for tap in taps[1:]:
+            value = window[tap]
+            best = jnp.where((value > best) | jnp.isnan(value), value, best)
+        return best
+
+    return window_max
+
+
 class MaxPool(_Pool):
     """N-dimensional max pooling over sliding windows, computed with a stencil.
 
     A drop-in replacement for `eqx.nn.MaxPool1d/2d/3d` (same arguments,
-    fields and output; padding is filled with `-inf`).
+    fields and output; padding is filled with `-inf`). Gradients also match:
+    at ties within a window the gradient goes to the first maximal tap
+    (row-major order), as with `lax.reduce_window`.
 
     **Example:**
 
@@ -202,7 +225,8 @@ class MaxPool(_Pool):
         ```
         """
         del key
-        return self._pool(x, jnp.max, _lowest(jnp.result_type(x)))
+        reduce = first_max(self.kernel_size)
+        return self._pool(x, reduce, _lowest(jnp.result_type(x)))
 
 
 class AvgPool(_Pool):
