@@ -25,6 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib
+import numpy as np
 import optax
 
 
@@ -80,9 +81,10 @@ def observe_all(rod: Rod, u0s: jax.Array, steps_per_obs: int, n_obs: int):
     return jax.vmap(lambda u0: rod(u0, steps_per_obs, n_obs))(u0s)
 
 
-def true_kappa(n: int) -> jax.Array:
-    x = jnp.linspace(0, 1, n)
-    return 0.25 + 0.5 * jnp.exp(-(((x - 0.3) / 0.1) ** 2)) + 0.2 * (x > 0.65)
+def true_kappa(n: int) -> np.ndarray:
+    x = np.linspace(0, 1, n)
+    kappa = 0.25 + 0.5 * np.exp(-(((x - 0.3) / 0.1) ** 2)) + 0.2 * (x > 0.65)
+    return kappa.astype(np.float32)
 
 
 def loss(rod: Rod, u0s: jax.Array, data: jax.Array, steps_per_obs: int) -> jax.Array:
@@ -110,13 +112,13 @@ def fit(
 
 
 def plot(
-    kappa_true: jax.Array,
-    kappa_init: jax.Array,
-    kappa_fit: jax.Array,
+    kappa_true: np.ndarray,
+    kappa_init: np.ndarray,
+    kappa_fit: np.ndarray,
     history: list[float],
     out: Path,
 ) -> None:
-    x = jnp.linspace(0, 1, len(kappa_true))
+    x = np.linspace(0, 1, len(kappa_true))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2), layout="constrained")
     ax1.plot(x, kappa_true, "k", lw=2, label="true")
     ax1.plot(x, kappa_init, "C1--", label="initial guess")
@@ -153,16 +155,18 @@ def main() -> None:
     start = time.perf_counter()
     u0s = jax.random.uniform(jax.random.PRNGKey(0), (n_init, n))
     kappa_true = true_kappa(n)
-    truth = Rod(jnp.log(kappa_true / (KAPPA_MAX - kappa_true)))  # sigmoid^-1
+    # theta = logit(kappa / KAPPA_MAX), the inverse of kappa_of
+    truth = Rod(jnp.asarray(np.log(kappa_true / (KAPPA_MAX - kappa_true))))
     data = eqx.filter_jit(observe_all)(truth, u0s, steps_per_obs, n_obs)
     data = data + NOISE * jax.random.normal(jax.random.PRNGKey(1), data.shape)
 
     guess = Rod(jnp.zeros(n))  # kappa = 0.5 everywhere
     rod, history = fit(guess, u0s, data, steps_per_obs, iterations)
-    err_init = float(jnp.max(jnp.abs(guess.kappa - kappa_true)))
-    err_fit = float(jnp.max(jnp.abs(rod.kappa - kappa_true)))
+    kappa_init, kappa_fit = np.asarray(guess.kappa), np.asarray(rod.kappa)
+    err_init = float(np.max(np.abs(kappa_init - kappa_true)))
+    err_fit = float(np.max(np.abs(kappa_fit - kappa_true)))
 
-    plot(kappa_true, guess.kappa, rod.kappa, history, args.out)
+    plot(kappa_true, kappa_init, kappa_fit, history, args.out)
     elapsed = time.perf_counter() - start
     print(
         f"inverse diffusivity n={n}, {iterations} adam steps through "
