@@ -1,6 +1,7 @@
 """Developer sessions: `nox -l` lists them, `nox -s NAME` runs one."""
 
 import shutil
+from pathlib import Path
 
 import nox
 
@@ -78,3 +79,17 @@ def bench(session: nox.Session) -> None:
         *session.posargs,
         env={"JAX_PLATFORMS": "cpu", **allocator},
     )
+
+
+@nox.session(python=PYTHON)
+def examples(session: nox.Session) -> None:
+    """Run every example in smoke mode, its picture into a temporary folder."""
+    session.install("-e", ".[examples]")
+    tmp = Path(session.create_tmp())
+    for script in sorted(Path("examples").glob("*.py")):
+        # quickstart.py is a plain demo: it takes no --smoke/--out flags.
+        if script.name == "quickstart.py":
+            flags = []
+        else:
+            flags = ["--smoke", "--out", str(tmp / f"{script.stem}.png")]
+        session.run("python", str(script), *flags, env={"JAX_PLATFORMS": "cpu"})
