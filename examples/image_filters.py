@@ -125,7 +125,7 @@ def plot(panels: dict[str, jax.Array], out: Path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=80)
     plt.close(fig)
 
 
@@ -138,7 +138,7 @@ def main() -> None:
         default=Path(__file__).parent / "images" / "image_filters.png",
     )
     args = parser.parse_args()
-    n = 64 if args.smoke else 320
+    n = 64 if args.smoke else 200
 
     start = time.perf_counter()
     image, outline = make_image(n)
