@@ -195,7 +195,7 @@ class Stencil(eqx.Module):
         """
         if callable(array) and not args and not kwargs:
             return dataclasses.replace(self, func=array)
-        return self._apply(as_fields(array), args, kwargs)
+        return _compiled_apply(self, array, args, kwargs)
 
     def _apply(self, fields: Fields, args: tuple, kwargs: dict) -> PyTree[Array]:
         if self.func is None and not self.regions:
@@ -244,6 +244,16 @@ class Stencil(eqx.Module):
         ```
         """
         return _StencilAt(self)
+
+
+@eqx.filter_jit
+def _compiled_apply(
+    stencil: Stencil, array: PyTree[ArrayLike], args: tuple, kwargs: dict
+) -> PyTree[Array]:
+    """One compiled program per call: called eagerly, a stencil runs as one XLA
+    computation instead of dozens of small ones; inside a caller's `jit` it is
+    inlined."""
+    return stencil._apply(as_fields(array), args, kwargs)
 
 
 class _StencilAt:
