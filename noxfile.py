@@ -51,7 +51,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """pyright over the package."""
-    session.install("-e", ".[test]", "pyright")
+    session.install("-e", ".[test]", "pyright[nodejs]")
     session.run("pyright")
 
 
