@@ -229,7 +229,7 @@ def kernex_grad_temp(n: int, steps: int) -> int | None | str:
     return report["temp"]
 
 
-def memory_row(label: str, name: str, temp: int | None | str, hand: int | None) -> Row:
+def _memory_row(label: str, name: str, temp: int | None | str, hand: int | None) -> Row:
     """One variant's XLA temp row, with its ratio to the hand-written gradient."""
     if isinstance(temp, str):
         cell, to_hand = temp, None
@@ -254,9 +254,13 @@ def grad_memory(n: int = N, steps: int = GRAD_STEPS) -> Table:
     }
     if optional_kernex() is not None:
         temps[KERNEX] = kernex_grad_temp(n, steps)
+    return memory_table(f"heat grad {n}², {steps} steps", temps)
+
+
+def memory_table(label: str, temps: dict[str, int | None | str]) -> Table:
+    """The XLA temp rows of one case, each with its ratio to `temps[HAND]`."""
     hand = temps[HAND] if isinstance(temps[HAND], int) else None
-    label = f"heat grad {n}², {steps} steps"
-    rows = tuple(memory_row(label, name, temps[name], hand) for name in temps)
+    rows = tuple(_memory_row(label, name, temps[name], hand) for name in temps)
     return Table(MEMORY_HEADERS, rows)
 
 

@@ -24,7 +24,7 @@ import eqx_stencil as es
 from ._report import Bar, Table
 from ._runtime import ES, HAND, RuntimeCase, Variant, run_case
 from ._timing import Budget
-from .heat import MEMORY_HEADERS, memory_row, temp_bytes
+from .heat import memory_table, temp_bytes
 from .laplacian import field
 
 
@@ -137,14 +137,11 @@ def memory() -> Table:
     """XLA temp bytes of the compiled gradients (not run)."""
     args = arguments()
     temps: dict[str, int | None | str] = {
-        ES: temp_bytes(lambda *a: es_grad(EVERY)(*a), *args),
+        ES: temp_bytes(es_grad(EVERY), *args),
         HAND: temp_bytes(hand_grad, *args),
-        NO_CHECKPOINT: temp_bytes(lambda *a: es_grad(None)(*a), *args),
+        NO_CHECKPOINT: temp_bytes(es_grad(None), *args),
     }
-    hand = temps[HAND] if isinstance(temps[HAND], int) else None
-    label = f"solver grad {N}², {STEPS} steps"
-    rows = tuple(memory_row(label, name, temps[name], hand) for name in temps)
-    return Table(MEMORY_HEADERS, rows)
+    return memory_table(f"solver grad {N}², {STEPS} steps", temps)
 
 
 def run(budget: Budget) -> tuple[Table, Table]:
