@@ -57,6 +57,9 @@ CASES: dict[str, Case] = {
     "nn-conv64ch": runtime(lambda: nn.conv_case(64, 64, 64)),
     "nn-conv-grad": runtime(lambda: nn.conv_grad_case(16, 16, 64)),
     "nn-maxpool": runtime(lambda: nn.maxpool_case(16, 128)),
+    "nn-avgpool": runtime(lambda: nn.avgpool_case(16, 128)),
+    "nn-blur": runtime(lambda: nn.depthwise_case("blur", 16, 128)),
+    "nn-finite-difference": runtime(lambda: nn.depthwise_case("fd", 16, 128)),
 }
 
 

@@ -86,3 +86,49 @@ def maxpool_case(channels: int, n: int) -> RuntimeCase:
     variants = [Variant(ES, jax.vmap(ours)), Variant(LAX, jax.vmap(theirs))]
     name = f"nn MaxPool2d 2×2/2, {BATCH}×{channels}×{n}² (lax: eqx.nn)"
     return RuntimeCase(name, lambda: (_images(channels, n),), variants, (SPEED_BAR,))
+
+
+def avgpool_case(channels: int, n: int) -> RuntimeCase:
+    """AvgPool2d 3×3, stride 1, padding 1 (overlapping windows)."""
+    ours = enn.AvgPool2d(3, stride=1, padding=1)
+    theirs = eqx.nn.AvgPool2d(3, stride=1, padding=1)
+    variants = [
+        Variant(ES, jax.vmap(ours), tolerance=TOLERANCE),
+        Variant(LAX, jax.vmap(theirs), tolerance=TOLERANCE),
+    ]
+    name = f"nn AvgPool2d 3×3/1, {BATCH}×{channels}×{n}² (lax: eqx.nn)"
+    return RuntimeCase(name, lambda: (_images(channels, n),), variants, (SPEED_BAR,))
+
+
+def _depthwise(taps: Array, channels: int) -> eqx.Module:
+    """`eqx.nn.Conv2d` applying `taps` to every channel alone, 'same' padding."""
+    conv = eqx.nn.Conv2d(
+        channels,
+        channels,
+        kernel_size=taps.shape,
+        padding="same",
+        groups=channels,
+        use_bias=False,
+        key=jax.random.PRNGKey(0),
+    )
+    weight = jnp.broadcast_to(taps, (channels, 1, *taps.shape))
+    return eqx.tree_at(lambda m: m.weight, conv, weight)
+
+
+def depthwise_case(layer: str, channels: int, n: int) -> RuntimeCase:
+    """`AverageBlur` 5×5 or the 5-point `FiniteDifference`, against the
+    depthwise `eqx.nn.Conv2d` computing the same."""
+    if layer == "blur":
+        ours = enn.AverageBlur(channels, kernel_size=5)
+        theirs = _depthwise(jnp.full((5, 5), 1 / 25), channels)
+        label = "AverageBlur 5×5"
+    else:
+        ours = enn.FiniteDifference("laplacian_5")
+        theirs = _depthwise(ours.weight, channels)
+        label = "FiniteDifference 5-point"
+    variants = [
+        Variant(ES, jax.vmap(ours), tolerance=TOLERANCE),
+        Variant(LAX, jax.vmap(theirs), tolerance=TOLERANCE),
+    ]
+    name = f"nn {label}, {BATCH}×{channels}×{n}² (lax: depthwise eqx.nn.Conv2d)"
+    return RuntimeCase(name, lambda: (_images(channels, n),), variants, (SPEED_BAR,))
