@@ -142,10 +142,9 @@ def _field_planes(
 ) -> np.ndarray:
     """Every tap's plane of one field, as an object array of shape `kernel`."""
     kernel = tuple(layout.kernel for layout in layouts)
-    taps = [(0, tap) for tap in np.ndindex(*kernel)]
     planes = np.empty(kernel, dtype=object)
-    for (_, tap), plane in zip(taps, _planes([source], layouts, box, taps, guard)):
-        planes[tap] = plane
+    for tap in np.ndindex(*kernel):
+        planes[tap] = guard(_tap_slice(source, layouts, box, tap))
     return planes
 
 
