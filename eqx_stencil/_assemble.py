@@ -26,15 +26,16 @@ def _promote(values: Sequence[PyTree[Array]]) -> list[PyTree[Array]]:
 
 
 def _concatenate(tiling: Tiling, values: Sequence[PyTree[Array]]) -> PyTree:
-    def build(node: Tiling | int, axis: int) -> PyTree[Array]:
+    def build(node: Tiling | int) -> PyTree[Array]:
         if isinstance(node, int):
             return values[node]
-        parts = [build(child, axis + 1) for child in node]
+        axis, children = node
+        parts = [build(child) for child in children]
         if len(parts) == 1:
             return parts[0]
         return jtu.tree_map(lambda *leaves: jnp.concatenate(leaves, axis), *parts)
 
-    return build(tiling, 0)
+    return build(tiling)
 
 
 def _write_in_place(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools as ft
+import itertools
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -244,34 +245,62 @@ def _runs(labels: np.ndarray) -> list[tuple[int, int]]:
     return runs
 
 
-# A guillotine tiling: along the node's dim, consecutive children; a child is
-# either a sub-tiling of the next dim or, at the last dim, the index of a tile.
-Tiling = list[Any]
+# A guillotine tiling: `(axis, children)`, the children consecutive along
+# `axis`; a child is a sub-tiling or the index of a tile.
+Tiling = tuple[int, list[Any]]
+
+# Up to this rank every order of cutting the axes is tried.
+MAX_ORDERED_RANK = 4
 
 
 def decompose(plan: Plan) -> tuple[list[tuple[Box, int]], Tiling] | None:
     """Tiles of one owner each, each inside or outside the interior, and the
     tiling that concatenates them back into the grid; `None` when more than
-    `MAX_BOXES` tiles would be needed."""
+    `MAX_BOXES` tiles would be needed.
+
+    The axes can be cut in any order: rows first gives a boundary column's
+    corners tiles of their own, columns first keeps the columns whole. Every
+    order is tried (up to `MAX_ORDERED_RANK` dims) and the fewest tiles win."""
+    ndim = plan.owners.ndim
+    orders = (
+        itertools.permutations(range(ndim))
+        if ndim <= MAX_ORDERED_RANK
+        else [tuple(range(ndim))]
+    )
+    best = None
+    for order in orders:
+        found = _guillotine(plan, order)
+        if found is not None and (best is None or len(found[0]) < len(best[0])):
+            best = found
+    return best
+
+
+def _guillotine(
+    plan: Plan, order: Sequence[int]
+) -> tuple[list[tuple[Box, int]], Tiling] | None:
+    """`decompose`, cutting the axes in `order`."""
     labels = plan.owners * 2 + plan.interior  # distinct (owner, interior) pairs
+    labels = np.transpose(labels, order)
     tiles: list[tuple[Box, int]] = []
 
-    def cut(sub: np.ndarray, prefix: Box) -> Tiling:
-        edges = plan.edges[len(prefix)]
-        children: Tiling = []
+    def cut(sub: np.ndarray, spans: dict[int, tuple[int, int]]) -> Tiling:
+        axis = order[len(spans)]
+        edges = plan.edges[axis]
+        children: list[Any] = []
         for start, stop in _runs(sub):
-            box = prefix + ((edges[start], edges[stop]),)
+            inner = {**spans, axis: (edges[start], edges[stop])}
             if sub.ndim == 1:
+                box = tuple(inner[d] for d in range(len(order)))
                 tiles.append((box, int(sub[start]) // 2))
                 children.append(len(tiles) - 1)
             else:
-                children.append(cut(sub[start], box))
+                children.append(cut(sub[start], inner))
             if len(tiles) > MAX_BOXES:
                 raise _TooManyTiles
-        return children
+        return axis, children
 
     try:
-        tiling = cut(labels, ())
+        tiling = cut(labels, {})
     except _TooManyTiles:
         return None
     return tiles, tiling

@@ -497,6 +497,31 @@ def test_large_mask_takes_masked_path():
     assert decompose(plan(layouts, [normalize_region(mask)], True)) is None
 
 
+@pytest.mark.parametrize("columns_last", [True, False])
+def test_boundary_regions_take_the_fewest_tiles(columns_last):
+    """Rows then columns (columns win the corners) is 5 tiles when the columns
+    are cut first: interior, two row strips, two whole columns; rows first
+    would split the corners off (9 tiles). Symmetrically for rows last."""
+    from eqx_stencil._regions import decompose, normalize_region, plan
+
+    rows = [normalize_region((0, slice(None))), normalize_region((-1, slice(None)))]
+    columns = [normalize_region((slice(None), 0)), normalize_region((slice(None), -1))]
+    interior = [normalize_region((slice(1, -1), slice(1, -1)))]
+    regions = interior + (rows + columns if columns_last else columns + rows)
+    layouts = es.kmap(kernel_size=(3, 3), padding="same")._geometry.layout((9, 7))
+    table = plan(layouts, regions, False)
+    tiles, _ = decompose(table)
+    assert len(tiles) == 5
+    for box, owner in tiles:  # every tile has one owner everywhere
+        cells = table.owners[
+            tuple(
+                slice(np.searchsorted(e, a), np.searchsorted(e, b))
+                for e, (a, b) in zip(table.edges, box)
+            )
+        ]
+        assert np.all(cells == owner)
+
+
 # --------------------------------------------------------------------------
 # The kernex README's "Apply stencil operations by index".
 
