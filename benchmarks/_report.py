@@ -156,3 +156,37 @@ def missed(tables: Sequence[Table]) -> list[str]:
                 case, variant = row.cells[:2]
                 lines.append(f"- {kind} missed: {case}, {variant}: {verdict.text}")
     return lines
+
+
+def to_json(tables: Sequence[Table]) -> list:
+    """Tables as plain JSON data (for a case run in a child process)."""
+    return [
+        {
+            "headers": list(table.headers),
+            "rows": [
+                {
+                    "cells": list(row.cells),
+                    "verdicts": [
+                        [verdict.text, verdict.met, verdict.target_met]
+                        for verdict in row.verdicts
+                    ],
+                }
+                for row in table.rows
+            ],
+        }
+        for table in tables
+    ]
+
+
+def from_json(data: list) -> list[Table]:
+    """The inverse of `to_json`."""
+    return [
+        Table(
+            tuple(table["headers"]),
+            tuple(
+                Row(tuple(row["cells"]), tuple(Verdict(*v) for v in row["verdicts"]))
+                for row in table["rows"]
+            ),
+        )
+        for table in data
+    ]
