@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Inexact, PRNGKeyArray
 
+from .._geometry import is_int
 from .._stencil import kmap
 from ._parse import (
     PADDING_MODES,
     check_input,
     default_floating_dtype,
-    is_int,
     parse_padding_mode,
 )
 

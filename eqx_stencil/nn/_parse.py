@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._geometry import is_int
+
 
 PADDING_MODES = {
     "ZEROS": "constant",
@@ -26,17 +28,6 @@ PADDING_MODES = {
 PADDING_STRINGS = ("SAME", "SAME_LOWER", "VALID")
 
 Pads = tuple[tuple[int, int], ...]
-
-
-def is_int(value: Any) -> bool:
-    """A Python or NumPy integer, not a bool."""
-    if isinstance(value, bool):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
 
 
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
