@@ -1,5 +1,7 @@
 """eqx_stencil: differentiable stencil computations in JAX, as Equinox modules."""
 
+import importlib.metadata
+
 from . import nn as nn
 from ._iterate import iterate as iterate
 from ._stencil import (
@@ -11,4 +13,4 @@ from ._stencil import (
 )
 
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("eqx_stencil")
