@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+from jax.sharding import NamedSharding
 from jaxtyping import Array, ArrayLike, PyTree
 
 from ._geometry import (
@@ -26,6 +27,7 @@ from ._indexing import WindowIndex
 from ._lower import Fields, Problem, as_fields, lower, resolve_table
 from ._regions import Region, normalize_region
 from ._scan import sweep
+from ._shard import check_sharding
 
 
 def _check_func(func: Any, name: str = "func") -> Any:
@@ -116,6 +118,9 @@ class Stencil(eqx.Module):
     )
     scan: bool = eqx.field(static=True, default=False)
     reverse: bool = eqx.field(static=True, default=False)
+    sharding: NamedSharding | None = eqx.field(
+        static=True, default=None, converter=check_sharding
+    )
     regions: tuple[Callable, ...] = ()
     region_keys: tuple[Region, ...] = eqx.field(static=True, default=())
 
@@ -296,6 +301,7 @@ def kmap(
     named_axis: dict[int, str] | None = None,
     boundary: str = "constant",
     cval: Cval = 0,
+    sharding: NamedSharding | None = None,
 ) -> Stencil:
     """A stencil map: apply `func` to every window of an array.
 
@@ -318,6 +324,10 @@ def kmap(
     - `boundary`: how positive padding is filled: `"constant"` (with `cval`),
       `"edge"`, `"reflect"`, `"symmetric"` or `"wrap"` (as in `jnp.pad`).
     - `cval`: the fill value for `boundary="constant"`.
+    - `sharding`: `None`, or a `jax.sharding.NamedSharding`: run sharded on its
+      mesh (each shard computes its block from a halo exchanged with its
+      neighbours), the input constrained to it. Inputs sharded on Explicit mesh
+      axes (`jax.set_mesh`) run sharded without it.
 
     **Returns:**
 
@@ -347,6 +357,7 @@ def kmap(
         named_axis=named_axis,  # pyright: ignore[reportArgumentType]
         boundary=boundary,
         cval=cval,
+        sharding=sharding,
     )
 
 
@@ -361,6 +372,7 @@ def smap(
     named_axis: dict[int, str] | None = None,
     boundary: str = "constant",
     cval: Cval = 0,
+    sharding: NamedSharding | None = None,
 ) -> Stencil:
     """A shape-preserving stencil map (kernex's `smap`).
 
@@ -372,8 +384,8 @@ def smap(
     **Arguments:**
 
     - `func`: the function of one window; optional (decorator form).
-    - `kernel_size`, `relative`, `named_axis`, `boundary`, `cval`: as in
-      [`eqx_stencil.kmap`][].
+    - `kernel_size`, `relative`, `named_axis`, `boundary`, `cval`, `sharding`:
+      as in [`eqx_stencil.kmap`][].
     - `strides`: step between the positions the function runs on.
     - `offset`: int, or per dim an int or a `(lo, hi)` pair: the function runs
       on positions `lo .. n-hi-1` of each dim.
@@ -401,6 +413,7 @@ def smap(
         boundary=boundary,
         cval=cval,
         offset=offset,  # pyright: ignore[reportArgumentType]
+        sharding=sharding,
     )
 
 
@@ -417,6 +430,7 @@ def kscan(
     boundary: str = "constant",
     cval: Cval = 0,
     reverse: bool = False,
+    sharding: NamedSharding | None = None,
 ) -> Stencil:
     """A sequential stencil sweep (kernex's `kscan`).
 
@@ -459,6 +473,7 @@ def kscan(
             named_axis=named_axis,
             boundary=boundary,
             cval=cval,
+            sharding=sharding,
         ),
         scan=True,
         reverse=reverse,
@@ -477,6 +492,7 @@ def sscan(
     boundary: str = "constant",
     cval: Cval = 0,
     reverse: bool = False,
+    sharding: NamedSharding | None = None,
 ) -> Stencil:
     """A shape-preserving sequential sweep (kernex's `sscan`): the windows of
     [`eqx_stencil.smap`][] visited as in [`eqx_stencil.kscan`][].
@@ -509,6 +525,7 @@ def sscan(
             named_axis=named_axis,
             boundary=boundary,
             cval=cval,
+            sharding=sharding,
         ),
         scan=True,
         reverse=reverse,
