@@ -2,7 +2,6 @@
 `eqx.tree_at`), NumPy loop references, hand-written slicing, transforms,
 gradients and argument errors."""
 
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
