@@ -1,31 +1,50 @@
-"""`Stencil`, the Equinox module, and the `kmap` constructor."""
+"""The stencil kinds: the abstract `Stencil` and its final kinds `Map`,
+`ShapeMap`, `Scan` and `ShapeScan`, with their constructors.
+
+Each kind holds only the fields that apply to it (a shape-preserving kind has
+an `offset` and no `padding`; only the sweeps have `reverse`), so a field that
+would be ignored cannot be set. Every kind is applied by the same path,
+`Stencil._apply`: fields -> problem -> region table -> the kind's `_run`.
+"""
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools as ft
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
 from jax.sharding import NamedSharding
-from jaxtyping import Array, ArrayLike, PyTree
+from jaxtyping import Array, ArrayLike, PyTree, ScalarLike
 
+from ._call import compiled_call, is_traced
 from ._geometry import (
+    BoolLike,
     Cval,
     Geometry,
     IntOrTuple,
+    IntsLike,
     Offset,
+    OffsetLike,
     Padding,
+    PaddingLike,
+    check_bool,
     normalize_boundary,
+    normalize_cval,
     normalize_ints,
     normalize_named_axis,
     normalize_offset,
     normalize_padding,
+    out_shape,
 )
 from ._indexing import WindowIndex
-from ._lower import Fields, Problem, as_fields, lower, resolve_table
-from ._regions import Region, normalize_region
+from ._lower import Fields, Problem, Table, as_fields, lower, resolve_table
+from ._regions import Mask, Region, normalize_region
 from ._scan import sweep
 from ._shard import check_sharding
 
@@ -39,23 +58,56 @@ def _check_func(func: Any, name: str = "func") -> Any:
     return func
 
 
-def _check_cval(cval: Any) -> Cval:
-    if not isinstance(cval, (bool, int, float, complex)):
+def _check_regions(regions: Any) -> tuple[Callable, ...]:
+    if not isinstance(regions, tuple):
         raise TypeError(
-            f"cval must be a Python number (the fill value of boundary='constant'); "
-            f"got {cval!r} of type {type(cval).__name__}."
+            "regions must be a tuple of functions (set them with "
+            f".at[index].set(func)); got {regions!r}."
         )
-    return cval
+    return tuple(_check_func(func, "every region's function") for func in regions)
+
+
+def _is_region(key: Any) -> bool:
+    def entry(item: Any) -> bool:
+        if isinstance(item, tuple):  # a slice's (start, stop, step)
+            return len(item) == 3 and all(b is None or type(b) is int for b in item)
+        return item is Ellipsis or type(item) is int
+
+    return isinstance(key, Mask) or (
+        isinstance(key, tuple) and all(entry(item) for item in key)
+    )
+
+
+def _check_region_keys(keys: Any) -> tuple[Region, ...]:
+    if not isinstance(keys, tuple) or not all(_is_region(key) for key in keys):
+        raise TypeError(
+            "region_keys must be a tuple of normalised region indices (set them "
+            f"with .at[index].set(func)); got {keys!r}."
+        )
+    return keys
+
+
+def _is_function(value: Any) -> bool:
+    """The decorator form's argument: a callable holding no array (a callable
+    Module of arrays is input fields, or a function given as `func=`)."""
+    return callable(value) and not any(
+        eqx.is_array(leaf) for leaf in jtu.tree_leaves(value)
+    )
 
 
 class Stencil(eqx.Module):
     """A stencil operator: window geometry and the function applied to windows.
 
-    Build one with [`eqx_stencil.kmap`][]. The module is immutable: calling it
-    never changes it, so it can be called, traced, `jit`ted and differentiated
-    any number of times. The function is a module field, so a function that is
-    itself an `eqx.Module` (holding arrays) is part of the pytree and gets
-    gradients with `eqx.filter_grad`.
+    The abstract base of the four kinds, each built by its constructor:
+    [`eqx_stencil.Map`][] ([`eqx_stencil.kmap`][]), [`eqx_stencil.ShapeMap`][]
+    ([`eqx_stencil.smap`][]), [`eqx_stencil.Scan`][] ([`eqx_stencil.kscan`][])
+    and [`eqx_stencil.ShapeScan`][] ([`eqx_stencil.sscan`][]). A stencil is
+    immutable: calling it never changes it, so it can be called, traced,
+    `jit`ted and differentiated any number of times; `dataclasses.replace`
+    gives a changed copy (its arguments are validated as the constructor's). The
+    function is a module field, so a function that is itself an `eqx.Module`
+    (holding arrays) is part of the pytree and gets gradients with
+    `eqx.filter_grad`.
 
     Calling it:
 
@@ -63,10 +115,18 @@ class Stencil(eqx.Module):
       `array` and returns an array of shape `out_shape + S`, where `S` is the
       shape the function returns. `args`/`kwargs` are passed unchanged to every
       window's function (weights, coefficients) and are differentiable.
-    - `stencil(func)` (a stencil built without a function) returns a new stencil
-      with `func` as its function: the decorator form.
     - `stencil(fields)` with a pytree of same-shape arrays gives the function
       the same pytree of windows (multi-field stencils).
+    - `stencil(func)`, on a stencil built without a function, returns a new
+      stencil with `func` as its function (the decorator form), when `func` is
+      callable and holds no array. (A callable `eqx.Module` holding arrays is
+      taken as input fields; give such a function as `es.kmap(func, ...)`.)
+
+    Called outside a trace, a stencil runs as one compiled program, traced anew
+    at every call so that it reads the current values of globals, closures and
+    arguments, as any eager JAX function does; programs are compiled once and
+    reused while the traced program is unchanged. Under `jit`, `vmap`, `grad` or
+    `scan` it is inlined in the caller's program.
 
     **Example:**
 
@@ -101,62 +161,45 @@ class Stencil(eqx.Module):
     strides: IntOrTuple = eqx.field(
         static=True, default=1, converter=ft.partial(normalize_ints, "strides")
     )
-    padding: Padding = eqx.field(static=True, default=0, converter=normalize_padding)
-    dilation: IntOrTuple = eqx.field(
-        static=True, default=1, converter=ft.partial(normalize_ints, "dilation")
+    relative: bool = eqx.field(
+        static=True, default=False, converter=ft.partial(check_bool, "relative")
     )
-    relative: bool = eqx.field(static=True, default=False)
     named_axis: tuple[tuple[int, str], ...] | None = eqx.field(
         static=True, default=None, converter=normalize_named_axis
     )
     boundary: str = eqx.field(
         static=True, default="constant", converter=normalize_boundary
     )
-    cval: Cval = eqx.field(static=True, default=0, converter=_check_cval)
-    offset: Offset | None = eqx.field(
-        static=True, default=None, converter=normalize_offset
-    )
-    scan: bool = eqx.field(static=True, default=False)
-    reverse: bool = eqx.field(static=True, default=False)
+    cval: Cval = eqx.field(static=True, default=0, converter=normalize_cval)
     sharding: NamedSharding | None = eqx.field(
         static=True, default=None, converter=check_sharding
     )
-    regions: tuple[Callable, ...] = ()
-    region_keys: tuple[Region, ...] = eqx.field(static=True, default=())
+    regions: tuple[Callable, ...] = eqx.field(default=(), converter=_check_regions)
+    region_keys: tuple[Region, ...] = eqx.field(
+        static=True, default=(), converter=_check_region_keys
+    )
 
     def __check_init__(self) -> None:
-        _ = self._geometry  # validates that tuple arguments agree in length
-
-    @property
-    def _geometry(self) -> Geometry:
-        if self.offset is not None:  # smap: the output grid is the input grid
-            return Geometry(self.kernel_size, 1, "same", self.dilation)
-        return Geometry(self.kernel_size, self.strides, self.padding, self.dilation)
-
-    def _frame(self, shape: tuple[int, ...]) -> Region | None:
-        """smap: the box where functions apply, as a region of the input."""
-        if self.offset is None:
-            return None
-        ndim = len(shape)
-        offsets = (
-            ((self.offset, self.offset),) * ndim
-            if isinstance(self.offset, int)
-            else self.offset
-        )
-        strides = (
-            self.strides if isinstance(self.strides, tuple) else (self.strides,) * ndim
-        )
-        if len(offsets) != ndim or len(strides) != ndim:
+        if len(self.regions) != len(self.region_keys):
             raise ValueError(
-                f"offset={self.offset!r} and strides={self.strides!r} need one entry "
-                f"per dim of the array (shape {shape})."
+                f"a stencil needs one region key per region function; got "
+                f"{len(self.region_keys)} keys for {len(self.regions)} functions "
+                "(set regions with .at[index].set(func))."
             )
-        # An offset box wider than the array is empty (every position keeps its
-        # input); clamp the stop so that `n - hi < 0` is not read from the end.
-        return tuple(
-            (lo, max(n - hi, lo), step)
-            for (lo, hi), n, step in zip(offsets, shape, strides)
-        )
+        _ = self._geometry()  # validates that tuple arguments agree in length
+
+    @abc.abstractmethod
+    def _geometry(self) -> Geometry:
+        """The window geometry, not yet tied to an array's rank."""
+
+    @abc.abstractmethod
+    def _frame(self, shape: tuple[int, ...]) -> Region | None:
+        """The box where the functions apply (outside it the input is kept),
+        or `None`: everywhere."""
+
+    @abc.abstractmethod
+    def _run(self, problem: Problem, table: Table) -> PyTree[Array]:
+        """Apply a resolved region table: map or sweep."""
 
     def _window_index(self, kernel: tuple[int, ...]) -> WindowIndex:
         for dim, name in self.named_axis or ():
@@ -177,9 +220,9 @@ class Stencil(eqx.Module):
         - `array`: the input array, of rank equal to the kernel's; or a pytree
           (tuple, dict, Module) of same-shape arrays, the *fields* of a
           multi-field stencil: the function then receives the same pytree of
-          windows (`def f(w): u, v = w; ...`). A callable instead (with no
-          other arguments) gives a new stencil with it as the function:
-          `es.kmap(kernel_size=3)(f)`.
+          windows (`def f(w): u, v = w; ...`). On a stencil without a function,
+          a callable holding no array (with no other arguments) gives a new
+          stencil with it as the function: `es.kmap(kernel_size=3)(f)`.
         - `*args`, `**kwargs`: passed unchanged to every window's function.
 
         **Returns:**
@@ -198,28 +241,59 @@ class Stencil(eqx.Module):
         mean3(jnp.array([1.0, 2.0, 3.0, 7.0, 9.0]))  # [2.0, 4.0, 6.333]
         ```
         """
-        if callable(array) and not args and not kwargs:
+        if self.func is None and not args and not kwargs and _is_function(array):
             return dataclasses.replace(self, func=array)
-        return _compiled_apply(self, array, args, kwargs)
+        if self.func is not None and _is_function(array):
+            raise TypeError(
+                f"a stencil is applied to arrays; got the function {array!r}, but "
+                "this stencil already has one. To change it use "
+                "dataclasses.replace(stencil, func=new_func)."
+            )
+
+        def apply() -> PyTree[Array]:
+            return self._apply(as_fields(array), args, kwargs)
+
+        if is_traced((self, array, args, kwargs)):
+            return apply()
+        return compiled_call(apply)
 
     def _apply(self, fields: Fields, args: tuple, kwargs: dict) -> PyTree[Array]:
+        """Every kind's one path: fields -> problem -> region table -> run."""
         if self.func is None and not self.regions:
             raise ValueError(
                 "this stencil has no function: give one with es.kmap(func, ...), "
                 "by decorating, es.kmap(kernel_size=...)(func), or per region with "
                 ".at[index].set(func)."
             )
-        layouts = self._geometry.layout(fields.shape)
+        layouts = self._geometry().layout(fields.shape)
         index = self._window_index(tuple(layout.kernel for layout in layouts))
         problem = Problem(
             fields, layouts, index, self.boundary, self.cval, args, kwargs
         )
-        frame = self._frame(fields.shape)
+        if 0 in out_shape(layouts):
+            return self._empty(problem)
+        if self.func is None:
+            _check_anchors_in_input(problem)
         funcs = (self.func, *self.regions)
-        table = resolve_table(problem, funcs, self.region_keys, frame)
-        if self.scan:
-            return sweep(problem, table, self.reverse)
-        return lower(problem, table)
+        table = resolve_table(problem, funcs, self.region_keys, self._frame(fields.shape))
+        return self._run(problem, table)
+
+    def _empty(self, problem: Problem) -> PyTree[Array]:
+        """An output with a zero-length dim. Its trailing shape and dtype are
+        what the function returns on one window (of zeros)."""
+        kernel = tuple(layout.kernel for layout in problem.layouts)
+        zeros = tuple(jnp.zeros(kernel, a.dtype) for a in problem.fields.arrays)
+        one = dataclasses.replace(
+            problem,
+            fields=Fields(zeros, problem.fields.structure),
+            layouts=Geometry(kernel, 1, 0, 1).layout(kernel),
+        )
+        func = next(f for f in (self.func, *self.regions) if f is not None)
+        value = jax.eval_shape(lambda: self._run(one, resolve_table(one, (func,), ())))
+        shape = out_shape(problem.layouts)
+        return jtu.tree_map(
+            lambda v: jnp.zeros(shape + v.shape[len(shape) :], v.dtype), value
+        )
 
     @property
     def at(self) -> _StencilAt:
@@ -251,14 +325,24 @@ class Stencil(eqx.Module):
         return _StencilAt(self)
 
 
-@eqx.filter_jit
-def _compiled_apply(
-    stencil: Stencil, array: PyTree[ArrayLike], args: tuple, kwargs: dict
-) -> PyTree[Array]:
-    """One compiled program per call: called eagerly, a stencil runs as one XLA
-    computation instead of dozens of small ones; inside a caller's `jit` it is
-    inlined."""
-    return stencil._apply(as_fields(array), args, kwargs)
+def _check_anchors_in_input(problem: Problem) -> None:
+    """Without a default function every position needs a region, and regions
+    select anchors by input coordinate: an anchor in the padding has none."""
+    for dim, layout in enumerate(problem.layouts):
+        first = layout.anchor * layout.dilation - layout.lo
+        last = first + (layout.out - 1) * layout.stride
+        if first >= 0 and last < layout.size:
+            continue
+        o = 0 if first < 0 else (layout.size - first - 1) // layout.stride + 1
+        position = tuple(o if d == dim else 0 for d in range(len(problem.layouts)))
+        coordinate = first + o * layout.stride
+        raise ValueError(
+            f"output position {position} has its window's anchor in the padding "
+            f"(input coordinate {coordinate} in dim {dim}, input length "
+            f"{layout.size}), where no region index reaches, and the stencil has no "
+            "default function: give one (es.kmap(func, ...)) for the positions "
+            "whose anchor lies in the padding, or use less padding."
+        )
 
 
 class _StencilAt:
@@ -289,20 +373,112 @@ class _RegionSetter:
         )
 
 
+class _Windowed(Stencil):
+    """Kinds whose output grid is the windows of the padded input."""
+
+    padding: Padding = eqx.field(static=True, default=0, converter=normalize_padding)
+    dilation: IntOrTuple = eqx.field(
+        static=True, default=1, converter=ft.partial(normalize_ints, "dilation")
+    )
+
+    def _geometry(self) -> Geometry:
+        return Geometry(self.kernel_size, self.strides, self.padding, self.dilation)
+
+    def _frame(self, shape: tuple[int, ...]) -> Region | None:
+        return None
+
+
+class _ShapePreserving(Stencil):
+    """Kinds whose output has the input's shape: the functions run on the
+    anchors inside the offset box, every `strides`; the rest keep the input."""
+
+    offset: Offset = eqx.field(static=True, default=0, converter=normalize_offset)
+
+    def _geometry(self) -> Geometry:
+        return Geometry(self.kernel_size, 1, "same", 1)
+
+    def _frame(self, shape: tuple[int, ...]) -> Region:
+        ndim = len(shape)
+        offsets = (
+            ((self.offset, self.offset),) * ndim
+            if isinstance(self.offset, int)
+            else self.offset
+        )
+        strides = (
+            self.strides if isinstance(self.strides, tuple) else (self.strides,) * ndim
+        )
+        if len(offsets) != ndim or len(strides) != ndim:
+            raise ValueError(
+                f"offset={self.offset!r} and strides={self.strides!r} need one entry "
+                f"per dim of the array (shape {shape})."
+            )
+        # An offset box wider than the array is empty (every position keeps its
+        # input); clamp the stop so that `n - hi < 0` is not read from the end.
+        return tuple(
+            (lo, max(n - hi, lo), step)
+            for (lo, hi), n, step in zip(offsets, shape, strides)
+        )
+
+
+@final
+class Map(_Windowed):
+    """A stencil map, built by [`eqx_stencil.kmap`][]: the function of every
+    window of the padded input. Fields: those of [`eqx_stencil.Stencil`][] plus
+    `padding` and `dilation`."""
+
+    def _run(self, problem: Problem, table: Table) -> PyTree[Array]:
+        return lower(problem, table)
+
+
+@final
+class Scan(_Windowed):
+    """A sequential sweep, built by [`eqx_stencil.kscan`][]. Fields: those of
+    [`eqx_stencil.Map`][] plus `reverse`."""
+
+    reverse: bool = eqx.field(
+        static=True, default=False, converter=ft.partial(check_bool, "reverse")
+    )
+
+    def _run(self, problem: Problem, table: Table) -> PyTree[Array]:
+        return sweep(problem, table, self.reverse)
+
+
+@final
+class ShapeMap(_ShapePreserving):
+    """A shape-preserving map, built by [`eqx_stencil.smap`][]. Fields: those of
+    [`eqx_stencil.Stencil`][] plus `offset`."""
+
+    def _run(self, problem: Problem, table: Table) -> PyTree[Array]:
+        return lower(problem, table)
+
+
+@final
+class ShapeScan(_ShapePreserving):
+    """A shape-preserving sweep, built by [`eqx_stencil.sscan`][]. Fields: those
+    of [`eqx_stencil.ShapeMap`][] plus `reverse`."""
+
+    reverse: bool = eqx.field(
+        static=True, default=False, converter=ft.partial(check_bool, "reverse")
+    )
+
+    def _run(self, problem: Problem, table: Table) -> PyTree[Array]:
+        return sweep(problem, table, self.reverse)
+
+
 def kmap(
     func: Callable | None = None,
     /,
     *,
-    kernel_size: IntOrTuple,
-    strides: IntOrTuple = 1,
-    padding: Padding = 0,
-    dilation: IntOrTuple = 1,
-    relative: bool = False,
+    kernel_size: IntsLike,
+    strides: IntsLike = 1,
+    padding: PaddingLike = 0,
+    dilation: IntsLike = 1,
+    relative: BoolLike = False,
     named_axis: dict[int, str] | None = None,
     boundary: str = "constant",
-    cval: Cval = 0,
+    cval: ScalarLike = 0,
     sharding: NamedSharding | None = None,
-) -> Stencil:
+) -> Map:
     """A stencil map: apply `func` to every window of an array.
 
     **Arguments:**
@@ -323,15 +499,18 @@ def kmap(
       Partial naming keeps the other dims positional.
     - `boundary`: how positive padding is filled: `"constant"` (with `cval`),
       `"edge"`, `"reflect"`, `"symmetric"` or `"wrap"` (as in `jnp.pad`).
-    - `cval`: the fill value for `boundary="constant"`.
+    - `cval`: the fill value for `boundary="constant"`: a number (Python or
+      NumPy scalar, or 0-d array) representable in the input's dtype.
     - `sharding`: `None`, or a `jax.sharding.NamedSharding`: run sharded on its
       mesh (each shard computes its block from a halo exchanged with its
       neighbours), the input constrained to it. Inputs sharded on Explicit mesh
       axes (`jax.set_mesh`) run sharded without it.
 
+    Ints may be NumPy ints, flags NumPy bools.
+
     **Returns:**
 
-    An [`eqx_stencil.Stencil`][]. Output length per dim is
+    An [`eqx_stencil.Map`][]. Output length per dim is
     `(n + lo + hi - dilation*(k-1) - 1) // stride + 1`.
 
     **Example:**
@@ -347,16 +526,16 @@ def kmap(
     laplacian(jnp.ones((4, 4)))  # -2 in the corners, -1 on the edges, 0 inside
     ```
     """
-    return Stencil(
+    return Map(
         func,
-        kernel_size=kernel_size,
-        strides=strides,
-        padding=padding,
-        dilation=dilation,
-        relative=relative,
+        kernel_size=kernel_size,  # pyright: ignore[reportArgumentType]
+        strides=strides,  # pyright: ignore[reportArgumentType]
+        padding=padding,  # pyright: ignore[reportArgumentType]
+        dilation=dilation,  # pyright: ignore[reportArgumentType]
+        relative=relative,  # pyright: ignore[reportArgumentType]
         named_axis=named_axis,  # pyright: ignore[reportArgumentType]
         boundary=boundary,
-        cval=cval,
+        cval=cval,  # pyright: ignore[reportArgumentType]
         sharding=sharding,
     )
 
@@ -365,15 +544,15 @@ def smap(
     func: Callable | None = None,
     /,
     *,
-    kernel_size: IntOrTuple = 1,
-    strides: IntOrTuple = 1,
-    offset: int | tuple[int | tuple[int, int], ...] = 0,
-    relative: bool = False,
+    kernel_size: IntsLike = 1,
+    strides: IntsLike = 1,
+    offset: OffsetLike = 0,
+    relative: BoolLike = False,
     named_axis: dict[int, str] | None = None,
     boundary: str = "constant",
-    cval: Cval = 0,
+    cval: ScalarLike = 0,
     sharding: NamedSharding | None = None,
-) -> Stencil:
+) -> ShapeMap:
     """A shape-preserving stencil map (kernex's `smap`).
 
     The output has the input's shape. The function runs on the windows
@@ -392,7 +571,7 @@ def smap(
 
     **Returns:**
 
-    An [`eqx_stencil.Stencil`][].
+    An [`eqx_stencil.ShapeMap`][].
 
     **Example:**
 
@@ -404,15 +583,15 @@ def smap(
     F(jnp.arange(1, 6))  # [1, 2, 7, 9, 5]
     ```
     """
-    return Stencil(
+    return ShapeMap(
         func,
-        kernel_size=kernel_size,
-        strides=strides,
-        relative=relative,
+        kernel_size=kernel_size,  # pyright: ignore[reportArgumentType]
+        strides=strides,  # pyright: ignore[reportArgumentType]
+        offset=offset,  # pyright: ignore[reportArgumentType]
+        relative=relative,  # pyright: ignore[reportArgumentType]
         named_axis=named_axis,  # pyright: ignore[reportArgumentType]
         boundary=boundary,
-        cval=cval,
-        offset=offset,  # pyright: ignore[reportArgumentType]
+        cval=cval,  # pyright: ignore[reportArgumentType]
         sharding=sharding,
     )
 
@@ -421,17 +600,17 @@ def kscan(
     func: Callable | None = None,
     /,
     *,
-    kernel_size: IntOrTuple,
-    strides: IntOrTuple = 1,
-    padding: Padding = 0,
-    dilation: IntOrTuple = 1,
-    relative: bool = False,
+    kernel_size: IntsLike,
+    strides: IntsLike = 1,
+    padding: PaddingLike = 0,
+    dilation: IntsLike = 1,
+    relative: BoolLike = False,
     named_axis: dict[int, str] | None = None,
     boundary: str = "constant",
-    cval: Cval = 0,
-    reverse: bool = False,
+    cval: ScalarLike = 0,
+    reverse: BoolLike = False,
     sharding: NamedSharding | None = None,
-) -> Stencil:
+) -> Scan:
     """A sequential stencil sweep (kernex's `kscan`).
 
     Windows are visited in row-major order of the output (`reverse=True`: the
@@ -445,12 +624,12 @@ def kscan(
 
     **Arguments:**
 
-    As [`eqx_stencil.kmap`][], plus `reverse`. The functions must return one
-    scalar per window.
+    As [`eqx_stencil.kmap`][], plus `reverse` (a bool). The functions must
+    return one scalar per window.
 
     **Returns:**
 
-    An [`eqx_stencil.Stencil`][].
+    An [`eqx_stencil.Scan`][].
 
     **Example:**
 
@@ -462,21 +641,18 @@ def kscan(
     cumsum(jnp.ones(5))  # [1, 2, 3, 4, 5]
     ```
     """
-    return dataclasses.replace(
-        kmap(
-            func,
-            kernel_size=kernel_size,
-            strides=strides,
-            padding=padding,
-            dilation=dilation,
-            relative=relative,
-            named_axis=named_axis,
-            boundary=boundary,
-            cval=cval,
-            sharding=sharding,
-        ),
-        scan=True,
-        reverse=reverse,
+    return Scan(
+        func,
+        kernel_size=kernel_size,  # pyright: ignore[reportArgumentType]
+        strides=strides,  # pyright: ignore[reportArgumentType]
+        padding=padding,  # pyright: ignore[reportArgumentType]
+        dilation=dilation,  # pyright: ignore[reportArgumentType]
+        relative=relative,  # pyright: ignore[reportArgumentType]
+        named_axis=named_axis,  # pyright: ignore[reportArgumentType]
+        boundary=boundary,
+        cval=cval,  # pyright: ignore[reportArgumentType]
+        reverse=reverse,  # pyright: ignore[reportArgumentType]
+        sharding=sharding,
     )
 
 
@@ -484,26 +660,26 @@ def sscan(
     func: Callable | None = None,
     /,
     *,
-    kernel_size: IntOrTuple = 1,
-    strides: IntOrTuple = 1,
-    offset: int | tuple[int | tuple[int, int], ...] = 0,
-    relative: bool = False,
+    kernel_size: IntsLike = 1,
+    strides: IntsLike = 1,
+    offset: OffsetLike = 0,
+    relative: BoolLike = False,
     named_axis: dict[int, str] | None = None,
     boundary: str = "constant",
-    cval: Cval = 0,
-    reverse: bool = False,
+    cval: ScalarLike = 0,
+    reverse: BoolLike = False,
     sharding: NamedSharding | None = None,
-) -> Stencil:
+) -> ShapeScan:
     """A shape-preserving sequential sweep (kernex's `sscan`): the windows of
     [`eqx_stencil.smap`][] visited as in [`eqx_stencil.kscan`][].
 
     **Arguments:**
 
-    As [`eqx_stencil.smap`][], plus `reverse`.
+    As [`eqx_stencil.smap`][], plus `reverse` (a bool).
 
     **Returns:**
 
-    An [`eqx_stencil.Stencil`][].
+    An [`eqx_stencil.ShapeScan`][].
 
     **Example:**
 
@@ -515,18 +691,15 @@ def sscan(
     F(jnp.ones(5))  # [1, 2, 3, 4, 1]
     ```
     """
-    return dataclasses.replace(
-        smap(
-            func,
-            kernel_size=kernel_size,
-            strides=strides,
-            offset=offset,
-            relative=relative,
-            named_axis=named_axis,
-            boundary=boundary,
-            cval=cval,
-            sharding=sharding,
-        ),
-        scan=True,
-        reverse=reverse,
+    return ShapeScan(
+        func,
+        kernel_size=kernel_size,  # pyright: ignore[reportArgumentType]
+        strides=strides,  # pyright: ignore[reportArgumentType]
+        offset=offset,  # pyright: ignore[reportArgumentType]
+        relative=relative,  # pyright: ignore[reportArgumentType]
+        named_axis=named_axis,  # pyright: ignore[reportArgumentType]
+        boundary=boundary,
+        cval=cval,  # pyright: ignore[reportArgumentType]
+        reverse=reverse,  # pyright: ignore[reportArgumentType]
+        sharding=sharding,
     )

@@ -1,0 +1,179 @@
+"""Halo exchange: a shard's block extended by its neighbours' edge rows.
+
+Inside `jax.shard_map` each shard holds one block of the input. Along every
+sharded dim it receives, with one `lax.ppermute` per direction, the `lo` rows
+before its block (the previous shard's last rows) and the `hi` rows after it
+(the next shard's first rows). At the global edges the rows come from the
+boundary mode instead: a ring permutation for `"wrap"`, otherwise computed
+locally from the block and selected on the edge shards by `lax.axis_index`.
+
+The sharded dims are exchanged in turn, each on the block already extended by
+the dims before it, so the corners travel with the second exchange and a 2-D
+mesh needs four messages. The extended block is never materialised: a
+`HaloProblem` is the local `Problem` whose padding of sharded dims reads the
+halos, so the lowering's interior box reads the block alone and only the
+boundary strips read the halos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array
+
+from ._boundary import padded_box
+from ._geometry import Cval, DimLayout
+from ._lower import Problem
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedDim:
+    """An array dim split over mesh axes `names` into `count` blocks; each
+    shard reads `lo` rows before its block and `hi` rows after it."""
+
+    axis: int
+    names: tuple[str, ...]
+    count: int
+    lo: int
+    hi: int
+
+
+# Per sharded dim (in exchange order), the rows before and after the block.
+Halos = tuple[tuple[Array, Array], ...]
+
+
+def _flat(size: int) -> DimLayout:
+    """The layout of a dim read as is (no padding, one tap)."""
+    return DimLayout(size=size, kernel=1, stride=1, dilation=1, lo=0, hi=0)
+
+
+def _along(shape: Sequence[int], axis: int, span: tuple[int, int]) -> list:
+    """The box covering `shape`, but `span` along `axis`."""
+    box = [(0, n) for n in shape]
+    box[axis] = span
+    return box
+
+
+def extended_shape(
+    block: Array, dims: Sequence[ShardedDim], level: int
+) -> tuple[int, ...]:
+    """Shape of the block extended along the first `level` sharded dims."""
+    shape = list(block.shape)
+    for dim in dims[:level]:
+        shape[dim.axis] += dim.lo + dim.hi
+    return tuple(shape)
+
+
+def piece(
+    block: Array,
+    halos: Halos,
+    dims: Sequence[ShardedDim],
+    level: int,
+    box: Sequence[tuple[int, int]],
+) -> Array:
+    """`box` of the block extended along the first `level` sharded dims (box
+    coordinates: extended along those dims, block coordinates along others)."""
+    if level == 0:
+        return lax.slice(block, [a for a, _ in box], [b for _, b in box])
+    dim = dims[level - 1]
+    axis, (start, stop) = dim.axis, box[dim.axis]
+    inner = extended_shape(block, dims, level - 1)[axis]
+    before, after = halos[level - 1]
+    parts = []
+    if start < dim.lo:
+        span = (start, min(stop, dim.lo))
+        parts.append(piece(before, (), (), 0, _replace(box, axis, span)))
+    mid = (max(start, dim.lo) - dim.lo, min(stop, dim.lo + inner) - dim.lo)
+    if mid[0] < mid[1]:
+        parts.append(piece(block, halos, dims, level - 1, _replace(box, axis, mid)))
+    if stop > dim.lo + inner:
+        span = (max(start, dim.lo + inner) - dim.lo - inner, stop - dim.lo - inner)
+        parts.append(piece(after, (), (), 0, _replace(box, axis, span)))
+    return parts[0] if len(parts) == 1 else lax.concatenate(parts, axis)
+
+
+def _replace(box: Sequence[tuple[int, int]], axis: int, span: tuple[int, int]) -> list:
+    box = list(box)
+    box[axis] = span
+    return box
+
+
+def _edge_rows(
+    rows: Array, axis: int, lo: int, hi: int, boundary: str, cval: Cval
+) -> Array:
+    """The `lo` rows before (or `hi` rows after) `rows` in `boundary` mode."""
+    layouts = [_flat(n) for n in rows.shape]
+    size = rows.shape[axis]
+    layouts[axis] = DimLayout(size=size, kernel=1, stride=1, dilation=1, lo=lo, hi=hi)
+    span = (0, lo) if lo else (size, size + hi)
+    return padded_box(rows, layouts, _along(rows.shape, axis, span), boundary, cval)
+
+
+def exchange(
+    block: Array, dims: Sequence[ShardedDim], boundary: str, cval: Cval
+) -> Halos:
+    """Every sharded dim's halos of one field's block, exchanged in turn."""
+    halos: list[tuple[Array, Array]] = []
+    for level, dim in enumerate(dims):
+        axis, count = dim.axis, dim.count
+        n = block.shape[axis]
+
+        def rows(span: tuple[int, int], level: int = level, axis: int = axis) -> Array:
+            box = _along(extended_shape(block, dims, level), axis, span)
+            return piece(block, tuple(halos), dims, level, box)
+
+        ring = boundary == "wrap"
+        forward = [(j, j + 1) for j in range(count - 1)] + [(count - 1, 0)] * ring
+        backward = [(j + 1, j) for j in range(count - 1)] + [(0, count - 1)] * ring
+        before, after = rows((n - dim.lo, n)), rows((0, dim.hi))
+        if dim.lo:
+            before = lax.ppermute(before, dim.names, forward)
+        if dim.hi:
+            after = lax.ppermute(after, dim.names, backward)
+        if not ring:
+            index = lax.axis_index(dim.names)
+            if dim.lo:
+                edge = rows((0, min(n, dim.lo + 1)))
+                fill = _edge_rows(edge, axis, dim.lo, 0, boundary, cval)
+                before = jnp.where(index == 0, fill, before)
+            if dim.hi:
+                edge = rows((n - min(n, dim.hi + 1), n))
+                fill = _edge_rows(edge, axis, 0, dim.hi, boundary, cval)
+                after = jnp.where(index == count - 1, fill, after)
+        halos.append((before, after))
+    return tuple(halos)
+
+
+@dataclasses.dataclass(frozen=True)
+class HaloProblem(Problem):
+    """A shard's local problem: `layouts` are the shard's (sharded dims: the
+    block's size, with `lo`/`hi` the halo depths, possibly negative: a crop),
+    and the padding of sharded dims is read from `halos` (one per field)."""
+
+    halos: tuple[Halos, ...] = ()
+    dims: tuple[ShardedDim, ...] = ()
+
+    def padded(self, box: Sequence[tuple[int, int]]) -> list[Array]:
+        sharded = {dim.axis: dim for dim in self.dims}
+        shape = extended_shape(self.fields.arrays[0], self.dims, len(self.dims))
+        outer: list[tuple[int, int]] = []
+        layouts: list[DimLayout] = []
+        rest: list[tuple[int, int]] = []
+        for axis, ((start, stop), layout) in enumerate(zip(box, self.layouts)):
+            if axis in sharded:
+                shift = sharded[axis].lo - layout.lo  # padded -> extended coordinate
+                outer.append((start + shift, stop + shift))
+                layouts.append(_flat(stop - start))
+                rest.append((0, stop - start))
+            else:
+                outer.append((0, shape[axis]))
+                layouts.append(layout)
+                rest.append((start, stop))
+        pieces = [
+            piece(x, halos, self.dims, len(self.dims), outer)
+            for x, halos in zip(self.fields.arrays, self.halos)
+        ]
+        return [padded_box(p, layouts, rest, self.boundary, self.cval) for p in pieces]
