@@ -31,9 +31,9 @@ from jaxtyping import Array, PyTree
 
 from ._geometry import DimLayout, out_shape
 from ._halo import HaloProblem, ShardedDim, exchange
-from ._lower import Fields, Problem, Table, lower
+from ._lower import Fields, Problem, Table
 from ._regions import Plan, _outer_and
-from ._scan import _deltas, scan_axes, sweep
+from ._scan import _deltas, scan_axes
 
 
 def check_sharding(sharding: Any) -> NamedSharding | None:
@@ -262,16 +262,18 @@ def _constrain(array: Array, sharding: NamedSharding) -> Array:
 
 
 def run_sharded(
-    sharded: Sharded, problem: Problem, table: Table, reverse: bool | None
+    sharded: Sharded,
+    problem: Problem,
+    table: Table,
+    run: Callable[[Problem, Table], PyTree[Array]],
+    reverse: bool | None = None,
 ) -> PyTree[Array]:
-    """Run a resolved stencil (`reverse`: `None` for a map, else the scan's
-    direction) as a `jax.shard_map` over `sharded`'s mesh."""
+    """Run a resolved stencil as a `jax.shard_map` over `sharded`'s mesh: each
+    shard applies `run` (the kind's map or sweep) to its local problem.
+    `reverse`: `None` for a map, else the sweep's direction."""
     dims, layouts = _check_split(sharded, problem.layouts, problem.boundary)
     if reverse is not None:
         _check_scan(table, problem.layouts, dims, reverse)
-    run: Callable[[Problem, Table], PyTree[Array]] = (
-        lower if reverse is None else (lambda p, t: sweep(p, t, reverse))
-    )
     tables, which = _shard_tables(table, layouts, dims)
     structure = problem.fields.structure
     arrays = problem.fields.arrays
