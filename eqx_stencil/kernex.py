@@ -35,7 +35,10 @@ from ._stencil import (
     smap as _smap,
     sscan as _sscan,
 )
+from .tree import _kernex_viz as viz, static_field as static_field, treeclass
 
+
+__all__ = ["kmap", "kscan", "smap", "sscan", "static_field", "treeclass", "viz"]
 
 MAP_KINDS = ("vmap", "lmap", "pmap")
 SCAN_KINDS = ("scan",)

@@ -262,3 +262,129 @@ def test_get_patches_1d_matches_lax_patches():
     np.testing.assert_allclose(
         get_patches(x), jax_get_patches(x[None, None]).reshape(-1, n).T
     )
+
+
+def test_readme_treeclass_blocks_run_with_only_the_import_changed():
+    """The kernex README's `treeclass`, `viz` and layer blocks, verbatim but for
+    `import kernex` / `from kernex import ...` (and 20 training steps, no plot)."""
+    import eqx_stencil.kernex as kernex
+    from eqx_stencil.kernex import static_field, treeclass
+
+    @treeclass
+    class Linear:
+        weight: jnp.ndarray
+        bias: jnp.ndarray
+
+        def __init__(self, key, in_dim, out_dim):
+            self.weight = jax.random.normal(key, shape=(in_dim, out_dim)) * jnp.sqrt(
+                2 / in_dim
+            )
+            self.bias = jnp.ones((1, out_dim))
+
+        def __call__(self, x):
+            return x @ self.weight + self.bias
+
+    @treeclass
+    class StackedLinear:
+        l1: Linear
+        l2: Linear
+        l3: Linear
+
+        def __init__(self, key, in_dim, out_dim):
+            keys = jax.random.split(key, 3)
+            self.l1 = Linear(key=keys[0], in_dim=in_dim, out_dim=128)
+            self.l2 = Linear(key=keys[1], in_dim=128, out_dim=128)
+            self.l3 = Linear(key=keys[2], in_dim=128, out_dim=out_dim)
+
+        def __call__(self, x):
+            x = self.l1(x)
+            x = jax.nn.tanh(x)
+            x = self.l2(x)
+            x = jax.nn.tanh(x)
+            x = self.l3(x)
+            return x
+
+    x = jnp.linspace(0, 1, 100)[:, None]
+    y = x**3 + jax.random.uniform(jax.random.PRNGKey(0), (100, 1)) * 0.01
+    model = StackedLinear(in_dim=1, out_dim=1, key=jax.random.PRNGKey(0))
+
+    def loss_func(model, x, y):
+        return jnp.mean((model(x) - y) ** 2)
+
+    @jax.jit
+    def update(model, x, y):
+        value, grads = jax.value_and_grad(loss_func)(model, x, y)
+        return value, model - 1e-3 * grads
+
+    first, _ = update(model, x, y)
+    for _ in range(1, 21):
+        value, model = update(model, x, y)
+    assert value < first
+
+    # "Visualize `treeclass`": the README's figures (our tables add a Name column)
+    summary = kernex.viz.summary(model)
+    for figure in ["16,512", "64.500 KB", "Total params :\t16,897", "66.004 KB"]:
+        assert figure in summary, figure
+    box = kernex.viz.tree_box(model, array=x)
+    assert "StackedLinear(Parent)" in box and box.count("f32[100,128]") == 4
+    diagram = kernex.viz.tree_diagram(model).splitlines()
+    assert diagram[0] == "StackedLinear" and "│   ├── weight=f32[128,128]" in diagram
+
+    # "Perform Math operations on JAX pytrees with `treeclass`", verbatim
+    @treeclass
+    class Test:
+        a: float
+        b: float
+        c: float
+        name: str = static_field()  # ignore from jax computations
+
+        __test__ = False  # not a pytest test class
+
+    A = Test(10, 20, 30, "A")
+    assert (A + A) == Test(20, 40, 60, "A")
+    assert (A - A) == Test(0, 0, 0, "A")
+    assert (A * A).reduce_mean() == 1400
+    assert (A + 1) == Test(11, 21, 31, "A")
+    assert (A["a"] + 1) == Test(11, None, None, "A")
+    Aa = A["a"] + 10
+    Ab = A["b"] + 10
+    assert (Aa | Ab | A) == Test(20, 30, 30, "A")
+    assert A[A > 10] == Test(a=None, b=20, c=30, name="A")
+    B = Test([10, 10], 20, 30, "B")
+    B.register_op(func=lambda node: node + 1, name="plus_one")
+    assert B.plus_one() == Test(a=[11, 11], b=21, c=31, name="B")
+    C = Test(jnp.array([10, 10]), 20, 30, "C")
+    C.register_op(
+        func=jnp.prod, name="product", reduce_op=lambda x, y: x * y, init_val=1
+    )
+    assert C.product() == Test(a=100, b=20, c=30, name="C")
+    assert C.reduce_product() == 60000
+
+    # "MaxPool2D layer": `kmap` + `treeclass`
+    @treeclass
+    class MaxPool2D:
+        kernel_size: tuple[int, ...] | int = static_field()
+        strides: tuple[int, ...] | int = static_field()
+        padding: tuple[int, ...] | int | str = static_field()
+
+        def __init__(self, *, kernel_size=(2, 2), strides=2, padding="valid"):
+            self.kernel_size = kernel_size
+            self.strides = strides
+            self.padding = padding
+
+        def __call__(self, x):
+            @jax.vmap  # apply on batch dimension
+            @jax.vmap  # apply on channels dimension
+            @kernex.kmap(
+                kernel_size=self.kernel_size, strides=self.strides, padding=self.padding
+            )
+            def _maxpool2d(x):
+                return jnp.max(x)
+
+            return _maxpool2d(x)
+
+    layer = MaxPool2D(kernel_size=(2, 2), strides=(2, 2), padding="same")
+    array = jnp.arange(1, 26).reshape(1, 1, 5, 5)
+    np.testing.assert_array_equal(
+        layer(array), [[[[7, 9, 10], [17, 19, 20], [22, 24, 25]]]]
+    )

@@ -1,5 +1,12 @@
 """Tests for `eqx_stencil.tree`: the kernex README `treeclass` examples and more."""
 
+from __future__ import annotations
+
+import inspect
+import re
+import threading
+from pathlib import Path
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -18,7 +25,6 @@ from eqx_stencil.tree import (
 )
 
 
-# ---------------------------------------------------------------- README models
 @treeclass
 class Linear:
     weight: jnp.ndarray
@@ -81,7 +87,6 @@ def loss_func(model, x, y):
     return jnp.mean((model(x) - y) ** 2)
 
 
-# ------------------------------------------------------- README: PyTorch-like NN
 def test_readme_regression_training_reduces_loss(model, data):
     x, y = data
 
@@ -107,7 +112,6 @@ def test_treeclass_is_equinox_module(model):
     assert len(jax.tree_util.tree_leaves(model)) == 6
 
 
-# ----------------------------------------------------------- README: visualise
 def test_readme_summary(model):
     text = summary(model)
     assert text == model.summary()
@@ -137,6 +141,59 @@ def test_readme_summary(model):
     assert "Total size :\t66.004 KB" in text
     assert "Other size:\t0.000 B" in text
     assert text.splitlines()[0].startswith("┌")
+
+
+def test_docs_page_prints_what_the_code_prints():
+    """docs/tree.md shows the summary and boxes of its model: they are exact."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "tree.md").read_text()
+    printed = re.search(r"\nprints\n\n```\n(.*?)```", page, re.S)
+    assert printed is not None
+    namespace: dict = {}
+    code = re.search(r"```python\n(.*?)```", page, re.S)
+    assert code is not None
+    setup = code.group(1).replace(
+        "print(model.summary())\nprint(model.tree_box(x))", ""
+    )
+    exec(setup, namespace)
+    model, x = namespace["model"], namespace["x"]
+    assert printed.group(1) == model.summary() + "\n" + model.tree_box(x) + "\n"
+
+
+def test_tree_box_leaves_classes_alone_and_runs_in_threads(model):
+    """No class is patched while tracing, so concurrent calls do not interfere."""
+    linear_call = Linear.__dict__["__call__"]
+    results: dict[int, str] = {}
+
+    def draw(n: int) -> None:
+        results[n] = tree_box(model, jax.ShapeDtypeStruct((n, 1), jnp.float32))
+
+    threads = [threading.Thread(target=draw, args=(n,)) for n in range(1, 7)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for n, text in results.items():
+        assert text.count(f"f32[{n},128]") == 4, text
+        assert text.count(f"f32[{n},1]") == 4, text  # model in/out, l1 in, l3 out
+    assert len(results) == 6
+    assert Linear.__dict__["__call__"] is linear_call
+    assert type(model.l1) is Linear and type(model) is StackedLinear
+
+
+def test_tree_box_records_repeated_and_nested_calls():
+    class Twice(TreeViz, eqx.Module):
+        inner: eqx.nn.Linear
+        layers: tuple
+
+        def __call__(self, x):
+            return self.layers[1](self.inner(self.inner(x)))
+
+    key = jax.random.PRNGKey(0)
+    model = Twice(eqx.nn.Linear(3, 3, key=key), (None, eqx.nn.Linear(3, 2, key=key)))
+    text = model.tree_box(jnp.ones(3))
+    assert text.count("Linear(inner)") == 2
+    assert text.count("Linear(layers[1])") == 1
+    assert "Twice(Parent)" in text and "Output f32[2]" in text
 
 
 def test_readme_tree_box(model, data):
@@ -200,7 +257,6 @@ def test_viz_static_and_other_leaves():
     assert "name: 'A' (static)" in tree_mermaid(t)
 
 
-# ------------------------------------------------------------ README: tree math
 def test_readme_math_examples():
     A = Test(10, 20, 30, "A")
     assert (A + A) == Test(20, 40, 60, "A")
@@ -234,7 +290,6 @@ def test_readme_register_op():
     assert C.reduce_product() == 60000
 
 
-# ----------------------------------------------------------------- operators
 def test_failing_equality():
     A = Test(10, 20, 30, "A")
     assert not (A == Test(10, 20, 31, "A"))
@@ -388,7 +443,18 @@ def test_bool_on_traced_mask_raises():
         f(A)
 
 
-# -------------------------------------------------------- registered operators
+def test_register_op_is_a_class_method():
+    @treeclass
+    class R:
+        x: jax.Array
+
+    assert isinstance(inspect.getattr_static(TreeMath, "register_op"), classmethod)
+    R.register_op(jnp.sum, "total", reduce_op=lambda a, b: a * b, init_val=2.0)
+    r = R(jnp.array([1.0, 2.0, 4.0]))
+    assert float(r.total().x) == 7.0
+    assert float(r.reduce_total()) == 14.0
+
+
 def test_registered_ops_do_not_leak_between_classes():
     @treeclass
     class P:
@@ -415,7 +481,6 @@ def test_registered_ops_do_not_leak_between_classes():
         P(1.0).register_op(lambda v: v, "not a name")
 
 
-# ------------------------------------------------------------------ mixins
 class MLP(TreeMath, TreeViz, eqx.Module):
     layers: list
     activation: str = eqx.field(static=True, default="tanh")
@@ -445,7 +510,6 @@ def test_mixins_on_equinox_module():
     assert "layers=list" in mlp.tree_diagram()
 
 
-# ------------------------------------------------------------ transformations
 def test_jit_grad_vmap_and_equinox_tools(model, data):
     x, y = data
     grads = jax.grad(loss_func)(model, x, y)
@@ -462,7 +526,8 @@ def test_jit_grad_vmap_and_equinox_tools(model, data):
     )
 
     batched = jax.vmap(lambda s: (model * s).reduce_sum())(jnp.arange(3.0))
-    np.testing.assert_allclose(batched, jnp.arange(3.0) * model.reduce_sum(), rtol=1e-5)
+    total = sum(np.sum(np.asarray(leaf)) for leaf in jax.tree_util.tree_leaves(model))
+    np.testing.assert_allclose(batched, np.arange(3.0) * total, rtol=1e-5)
 
     mask = jax.jit(lambda m: m > 0)(model)
     assert isinstance(mask, StackedLinear)

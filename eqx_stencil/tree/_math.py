@@ -1,5 +1,9 @@
 """`TreeMath`: leafwise arithmetic, comparison masks, selection and reductions."""
 
+from __future__ import annotations
+
+import dataclasses
+import functools
 import operator
 import weakref
 from collections.abc import Callable, Sequence
@@ -31,7 +35,7 @@ def _flatten(tree: Any) -> tuple[list[Any], Any]:
     return jtu.tree_flatten(tree, is_leaf=_is_none)
 
 
-def _other_leaves(self: "TreeMath", treedef: Any, other: Any, n: int) -> list[Any]:
+def _other_leaves(self: TreeMath, treedef: Any, other: Any, n: int) -> list[Any]:
     """Leaves of `other` matching `self`'s leaves, or `other` broadcast as a scalar."""
     if isinstance(other, TreeMath):
         try:
@@ -112,7 +116,24 @@ def _is_bool_leaf(leaf: Any) -> bool:
     return dtype is not None and np.dtype(dtype) == np.bool_
 
 
-def _registry_lookup(cls: type, name: str) -> "_RegisteredOp | None":
+@dataclasses.dataclass(frozen=True)
+class _RegisteredOp:
+    """An operation added by `TreeMath.register_op`."""
+
+    func: Callable[[Any], Any]
+    reduce_op: Callable[[Any, Any], Any] | None
+    init_val: Any
+
+
+# The operations each class registered, by name. Classes are weak keys, so a
+# class defined in a function (a test, a notebook cell) can still be collected.
+_REGISTRY: weakref.WeakKeyDictionary[type, dict[str, _RegisteredOp]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _registry_lookup(cls: type, name: str) -> _RegisteredOp | None:
+    """The operation `name` registered on `cls` or its nearest base class."""
     for kls in cls.__mro__:
         table = _REGISTRY.get(kls)
         if table is not None and name in table:
@@ -120,27 +141,10 @@ def _registry_lookup(cls: type, name: str) -> "_RegisteredOp | None":
     return None
 
 
-class _RegisteredOp:
-    def __init__(
-        self,
-        func: Callable[[Any], Any],
-        reduce_op: Callable[[Any, Any], Any] | None,
-        init_val: Any,
-    ):
-        self.func = func
-        self.reduce_op = reduce_op
-        self.init_val = init_val
-
-
-_REGISTRY: "weakref.WeakKeyDictionary[type, dict[str, _RegisteredOp]]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
 class _MaskedAt:
     """`tree.at[mask]`: functional update of the elements selected by a mask."""
 
-    def __init__(self, tree: "TreeMath", mask: Any):
+    def __init__(self, tree: TreeMath, mask: Any):
         self._tree = tree
         self._mask = mask
 
@@ -197,7 +201,7 @@ class _MaskedAt:
 
 
 class _AtIndexer:
-    def __init__(self, tree: "TreeMath"):
+    def __init__(self, tree: TreeMath):
         self._tree = tree
 
     def __getitem__(self, mask: Any) -> _MaskedAt:
@@ -212,6 +216,12 @@ class TreeMath:
     untouched and `None` leaves pass through. Comparisons return a *mask*: an
     instance of the same class with boolean leaves; `bool(mask)` is `True` iff
     every leaf is all-`True` (leaves that are `None` are skipped).
+
+    `==` is a comparison too: unlike a plain `eqx.Module`, `A == B` is a mask,
+    and `bool(A == B)` is `True` only when every leaf is equal (so
+    `assert A == B` is a real check on concrete trees). `bool(A != B)` is `True`
+    only when *every* leaf differs: write `not (A == B)` for "some leaf
+    differs", and `eqx.tree_equal(A, B)` for Equinox's meaning of `==`.
 
     !!! Example
 
@@ -231,7 +241,6 @@ class TreeMath:
         ```
     """
 
-    # ------------------------------------------------------------- arithmetic
     def __add__(self: _T, other: Any) -> _T:
         return _binary(self, other, operator.add)
 
@@ -283,8 +292,18 @@ class TreeMath:
     def __abs__(self: _T) -> _T:
         return _unary(self, abs)
 
-    # ------------------------------------------------------------ comparisons
     def __eq__(self: _T, other: Any) -> _T:  # pyright: ignore[reportIncompatibleMethodOverride]
+        """Leafwise `==` mask: `A == B` is a tree of booleans, not a `bool`.
+
+        This changes what `==` means for an `eqx.Module` (Equinox compares two
+        modules as one `bool`). `bool(A == B)` is `True` only when every leaf
+        is equal, so `assert A == B` and `if A == B:` still test equality of
+        concrete trees. Trees of different structure or static fields give an
+        all-`False` mask; a leaf that is `None` on one side only compares
+        `False`. Under `jit`/`vmap`/`grad` the leaves are traced, and
+        `bool(A == B)` raises `TypeError`: reduce the mask there instead.
+        Use `eqx.tree_equal(A, B)` for Equinox's meaning.
+        """
         return _compare(self, other, operator.eq, False)
 
     def __ne__(self: _T, other: Any) -> _T:  # pyright: ignore[reportIncompatibleMethodOverride]
@@ -321,7 +340,6 @@ class TreeMath:
             return True
         return all(_mask_leaf_truth(x) for x in leaves)
 
-    # -------------------------------------------------- selection and merging
     def _field_names(self) -> list[str]:
         paths, _ = jtu.tree_flatten_with_path(self, is_leaf=lambda x: x is not self)
         return [path[0].name for path, _ in paths]
@@ -389,7 +407,6 @@ class TreeMath:
         """
         return _AtIndexer(self)
 
-    # ------------------------------------------------------------- reductions
     def _reduce(
         self,
         func: Callable[[Any], Any],
@@ -453,14 +470,19 @@ class TreeMath:
         """
         return self._reduce(jnp.prod, operator.mul, 1)
 
+    @classmethod
     def register_op(
-        self,
+        cls,
         func: Callable[[Any], Any],
         name: str,
         reduce_op: Callable[[Any, Any], Any] | None = None,
         init_val: Any = None,
     ) -> None:
-        """Register a leafwise operation for this instance's class.
+        """Register a leafwise operation on this class.
+
+        A class method: `Test.register_op(...)` and, as in kernex,
+        `instance.register_op(...)` both register on the class, for every
+        instance of it and of its subclasses, never on other classes.
 
         **Arguments:**
 
@@ -473,8 +495,7 @@ class TreeMath:
 
         **Returns:**
 
-        `None`. The operation is visible on every instance of this class (and
-        subclasses), never on other classes.
+        `None`.
 
         **Example:**
 
@@ -489,8 +510,8 @@ class TreeMath:
             b: jnp.ndarray
 
 
+        C.register_op(jnp.prod, "product", lambda x, y: x * y, 1.0)
         c = C(jnp.array([1.0, 2.0]), jnp.array([3.0, 4.0]))
-        c.register_op(jnp.prod, "product", lambda x, y: x * y, 1.0)
         print(c.product())  # C(a=2.0, b=12.0), leaf by leaf
         print(c.reduce_product())  # 24.0, across leaves
         ```
@@ -506,10 +527,7 @@ class TreeMath:
                 f"`register_op`: `reduce_op` must be callable or None; got "
                 f"{reduce_op!r}."
             )
-        cls = type(self)
-        if cls not in _REGISTRY:
-            _REGISTRY[cls] = {}
-        _REGISTRY[cls][name] = _RegisteredOp(func, reduce_op, init_val)
+        _REGISTRY.setdefault(cls, {})[name] = _RegisteredOp(func, reduce_op, init_val)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: serve registered operations.
@@ -518,16 +536,17 @@ class TreeMath:
             if op is not None:
                 return lambda: _unary(self, op.func)
             if name.startswith("reduce_"):
-                op = _registry_lookup(type(self), name[len("reduce_") :])
+                op = _registry_lookup(type(self), name.removeprefix("reduce_"))
                 if op is not None and op.reduce_op is not None:
-                    red = op
-                    return lambda: self._reduce(red.func, red.reduce_op, red.init_val)  # type: ignore[arg-type]
+                    return functools.partial(
+                        self._reduce, op.func, op.reduce_op, op.init_val
+                    )
         raise AttributeError(
             f"{type(self).__name__!r} object has no attribute {name!r}"
         )
 
 
-def _binary_merge(self: _T, other: "TreeMath") -> _T:
+def _binary_merge(self: _T, other: TreeMath) -> _T:
     leaves, treedef = _flatten(self)
     try:
         others = treedef.flatten_up_to(other)

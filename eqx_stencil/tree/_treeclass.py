@@ -1,5 +1,7 @@
 """`treeclass` decorator and `static_field`."""
 
+from __future__ import annotations
+
 from typing import Any
 
 import equinox as eqx

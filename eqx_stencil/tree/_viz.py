@@ -1,8 +1,10 @@
 """Model visualisation: `summary`, `tree_diagram`, `tree_box`, `tree_mermaid`."""
 
+from __future__ import annotations
+
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -13,7 +15,6 @@ import numpy as np
 __all__ = ["TreeViz", "summary", "tree_box", "tree_diagram", "tree_mermaid"]
 
 
-# ----------------------------------------------------------------- leaf helpers
 _DTYPE_SHORT = {
     "bool": "bool",
     "bfloat16": "bf16",
@@ -110,7 +111,6 @@ def _stats(tree: Any) -> tuple[int, int, int, int]:
     return count, nbytes, icount, ibytes
 
 
-# -------------------------------------------------------------------- tables
 def _table(header: list[str], rows: list[list[list[str]]]) -> str:
     """Box-drawn table; every cell is a list of lines."""
     ncol = len(header)
@@ -213,7 +213,6 @@ def summary(tree: Any) -> str:
     return table + "\n" + "\n".join(totals)
 
 
-# ------------------------------------------------------------------ diagram
 def tree_diagram(tree: Any) -> str:
     """Draw the nested structure of a module, with `name=f32[3,3]` style leaves.
 
@@ -314,34 +313,18 @@ def tree_mermaid(tree: Any) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------- box
 @dataclasses.dataclass
 class _Call:
     name: str
     kind: str
     inputs: str = ""
     outputs: str = ""
-    children: list["_Call"] = dataclasses.field(default_factory=list)
+    children: list[_Call] = dataclasses.field(default_factory=list)
 
 
 def _shapes_str(tree: Any) -> str:
     leaves = [x for x in jtu.tree_leaves(tree) if _is_arraylike(x)]
     return ", ".join(_leaf_str(x) for x in leaves) or "-"
-
-
-def _module_paths(tree: Any) -> dict[int, str]:
-    paths: dict[int, str] = {}
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, eqx.Module):
-            paths.setdefault(id(node), path)
-        for name, child, static in _children(node):
-            if not static and _is_container(child):
-                sep = "" if name.startswith("[") or not path else "."
-                walk(child, f"{path}{sep}{name}")
-
-    walk(tree, "")
-    return paths
 
 
 def _render_call(call: _Call) -> list[str]:
@@ -379,10 +362,12 @@ def _render_call(call: _Call) -> list[str]:
 def tree_box(model: Callable[..., Any], *inputs: Any, **kwargs: Any) -> str:
     """Boxes showing every submodule call's input and output shapes.
 
-    The model is traced once with `jax.eval_shape` (no FLOPs are spent): while
-    tracing, the `__call__` of every submodule class in `model` is temporarily
-    wrapped to record its inputs and outputs. Calls are matched to fields by
-    object identity, so a submodule called twice shows up twice.
+    The model is traced once with `jax.eval_shape` (no FLOPs are spent) on a
+    recording copy of itself: each callable submodule in the copy is an
+    instance of a throwaway subclass of its class whose `__call__` records its
+    inputs and outputs. The user's classes and `model` are left untouched, so
+    this is safe to call from several threads. A submodule called twice shows
+    up twice.
 
     **Arguments:**
 
@@ -411,64 +396,72 @@ def tree_box(model: Callable[..., Any], *inputs: Any, **kwargs: Any) -> str:
     """
     if not callable(model):
         raise TypeError(f"`tree_box`: `model` must be callable; got {model!r}.")
-    paths = _module_paths(model)
     root = _Call(name="Parent", kind=type(model).__name__)
-    stack: list[_Call] = []
-    classes = _submodule_classes(model)
-    saved: dict[type, Any] = {}
+    stack = [root]
+    recording = _recording_copy(model, "", stack)
 
-    def make_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(self: Any, *args: Any, **kw: Any) -> Any:
-            path = paths.get(id(self))
-            if path is None:
-                return original(self, *args, **kw)
-            if path == "":
-                call = root
-            else:
-                call = _Call(name=path, kind=type(self).__name__)
-                (stack[-1].children if stack else root.children).append(call)
-            call.inputs = _shapes_str((args, kw))
-            stack.append(call)
-            try:
-                out = original(self, *args, **kw)
-            finally:
-                stack.pop()
-            call.outputs = _shapes_str(out)
-            return out
+    def run(*args: Any, **kw: Any) -> Any:
+        root.inputs = _shapes_str((args, kw))
+        out = recording(*args, **kw)
+        root.outputs = _shapes_str(out)
+        return out
 
-        return wrapper
-
-    for cls in classes:
-        if "__call__" in cls.__dict__:
-            saved[cls] = cls.__dict__["__call__"]
-            type.__setattr__(cls, "__call__", make_wrapper(saved[cls]))
-        elif any("__call__" in kls.__dict__ for kls in cls.__mro__):
-            saved[cls] = None
-            type.__setattr__(cls, "__call__", make_wrapper(cls.__call__))
-    try:
-        jax.eval_shape(lambda *a, **k: model(*a, **k), *inputs, **kwargs)
-    finally:
-        for cls, original in saved.items():
-            if original is None:
-                type.__delattr__(cls, "__call__")
-            else:
-                type.__setattr__(cls, "__call__", original)
+    jax.eval_shape(run, *inputs, **kwargs)
     lines = ["# using jax.eval_shape (no-flops operation)", *_render_call(root)]
     return "\n".join(lines)
 
 
-def _submodule_classes(tree: Any) -> set[type]:
-    found: set[type] = set()
+def _recording_copy(node: Any, path: str, stack: list[_Call]) -> Any:
+    """A copy of `node` whose (non-root) submodule calls append to `stack[-1]`."""
+    if isinstance(node, list | tuple):
+        items = [
+            _recording_copy(child, f"{path}{name}", stack)
+            for name, child, _ in _children(node)
+        ]
+        if isinstance(node, list):
+            return items
+        return type(node)(*items) if hasattr(node, "_fields") else type(node)(items)
+    if isinstance(node, dict):
+        return {
+            key: _recording_copy(child, f"{path}[{key!r}]", stack)
+            for key, child in node.items()
+        }
+    if not isinstance(node, eqx.Module):
+        return node
+    values = dict(node.__dict__)
+    for name, child, static in _children(node):
+        if not static and _is_container(child):
+            sep = "" if not path else "."
+            values[name] = _recording_copy(child, f"{path}{sep}{name}", stack)
+    cls = type(node)
+    if path and callable(node):
+        cls = _recording_class(cls, path, stack)
+    copy = object.__new__(cls)
+    for name, value in values.items():
+        object.__setattr__(copy, name, value)
+    return copy
 
-    def walk(node: Any) -> None:
-        if isinstance(node, eqx.Module):
-            found.add(type(node))
-        for _, child, static in _children(node):
-            if not static and _is_container(child):
-                walk(child)
 
-    walk(tree)
-    return found
+def _recording_class(cls: type, path: str, stack: list[_Call]) -> type:
+    """A subclass of `cls` whose `__call__` records one box per call at `stack`."""
+
+    def __call__(self: Any, *args: Any, **kw: Any) -> Any:
+        call = _Call(name=path, kind=cls.__name__, inputs=_shapes_str((args, kw)))
+        stack[-1].children.append(call)
+        stack.append(call)
+        try:
+            out = cls.__call__(self, *args, **kw)
+        finally:
+            stack.pop()
+        call.outputs = _shapes_str(out)
+        return out
+
+    namespace = {
+        "__call__": __call__,
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+    }
+    return type(cls)(cls.__name__, (cls,), namespace)
 
 
 class TreeViz:
@@ -504,7 +497,7 @@ class TreeViz:
 
     def tree_box(self, *inputs: Any, **kwargs: Any) -> str:
         """See [`eqx_stencil.tree.tree_box`][]."""
-        return tree_box(self, *inputs, **kwargs)  # type: ignore[arg-type]
+        return tree_box(cast(Callable[..., Any], self), *inputs, **kwargs)
 
     def tree_mermaid(self) -> str:
         """See [`eqx_stencil.tree.tree_mermaid`][]."""
