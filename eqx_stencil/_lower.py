@@ -1,6 +1,6 @@
 """Lowering a stencil function to whole-array JAX operations.
 
-The output grid is split into boxes (`partition`): the interior, whose windows
+The output grid is split into boxes (`_regions.decompose`): the interior, whose windows
 lie inside the unpadded input, and thin boundary strips. Each box is computed
 from its own piece of the virtually padded input (`padded_box`), so the padded
 array is never materialised, and the boxes are assembled in place.
