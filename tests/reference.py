@@ -1,4 +1,4 @@
-"""A plain NumPy reference for `kmap`, written from DESIGN.md's "Semantics".
+"""A plain NumPy reference for `kmap`, written from docs/design.md, "The rules".
 
 It loops over output positions, builds each window by explicit indexing of an
 explicitly padded array and calls the function on it. It shares no code with

@@ -1,6 +1,6 @@
 """A plain NumPy reference for region tables (`stencil.at[index].set(func)`).
 
-Written from DESIGN.md's "Semantics: Regions", sharing no code with
+Written from docs/design.md, "The rules" (Regions), sharing no code with
 `eqx_stencil`:
 
 - an index is read against the *input* array's shape with NumPy's own

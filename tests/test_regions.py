@@ -1,6 +1,6 @@
 """Region tables, `stencil.at[index].set(func)`, against the NumPy reference.
 
-DESIGN.md "Semantics: Regions": an index (ints, negative ints, slices with any
+docs/design.md, "The rules", Regions: an index (ints, negative ints, slices with any
 step, `...`, tuples of these, or a static boolean mask of the input's shape)
 selects output positions by the input coordinate of their window's anchor
 (`o * stride + ((k - 1) // 2) * dilation - lo`); later `.at[...].set` calls
