@@ -284,14 +284,15 @@ def run_sharded(
 
     def body(blocks: tuple[Array, ...], dynamic: Any) -> PyTree[Array]:
         args, kwargs = eqx.combine(dynamic, static)
+        given = {f.name: getattr(problem, f.name) for f in dataclasses.fields(problem)}
         local = HaloProblem(
-            Fields(blocks, structure),
-            layouts,
-            problem.index,
-            boundary,
-            cval,
-            args,
-            kwargs,
+            **{
+                **given,
+                "fields": Fields(blocks, structure),
+                "layouts": layouts,
+                "args": args,
+                "kwargs": kwargs,
+            },
             halos=tuple(exchange(block, dims, boundary, cval) for block in blocks),
             dims=dims,
         )
@@ -307,5 +308,8 @@ def run_sharded(
         mesh=sharded.mesh,
         in_specs=(spec, PartitionSpec()),
         out_specs=spec,
+        # The unrolled lowering binds primitives directly, bypassing the
+        # automatic `pvary` of varying and replicated operands.
+        check_vma=False,
     )
     return mapped(arrays, dynamic)
