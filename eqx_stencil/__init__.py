@@ -5,6 +5,10 @@ import importlib.metadata
 from . import nn as nn
 from ._iterate import iterate as iterate
 from ._stencil import (
+    Map as Map,
+    Scan as Scan,
+    ShapeMap as ShapeMap,
+    ShapeScan as ShapeScan,
     Stencil as Stencil,
     kmap as kmap,
     kscan as kscan,

@@ -10,7 +10,9 @@ requested box is built, so a thin boundary strip costs O(strip), not O(array).
 from __future__ import annotations
 
 import functools as ft
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -30,12 +32,58 @@ def _source_indices(
     """Input index of each padded coordinate in `[start, stop)` (-1: fill)."""
     first, last = start - lo, stop - lo  # input coordinates, may be out of range
     before, after = max(0, -first), max(0, last - size)
+    if size == 0 and mode != "constant" and before + after:
+        raise ValueError(
+            f"boundary={mode!r} cannot fill the padding of a dim of length 0 (it "
+            "repeats the input's values); use boundary='constant' or no padding."
+        )
     if mode == "constant":
         table = np.pad(np.arange(size), (before, after), constant_values=_FILL)
     else:
         table = np.pad(np.arange(size), (before, after), mode=mode)  # pyright: ignore
     offset = first + before
     return tuple(int(i) for i in table[offset : offset + stop - start])
+
+
+def fill_value(cval: Cval, dtype: Any) -> np.ndarray:
+    """`cval` in `dtype`, or a `ValueError` if it has no value there."""
+    dtype = np.dtype(dtype)
+    problem = _unrepresentable(cval, dtype)
+    if problem is not None:
+        raise ValueError(
+            f"cval={cval!r} cannot fill an array of dtype {dtype.name}: it is "
+            f"{problem}. Give a cval of the array's kind, or cast the array."
+        )
+    if isinstance(cval, complex) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        cval = cval.real
+    return np.asarray(cval, dtype)
+
+
+def _unrepresentable(cval: Cval, dtype: np.dtype) -> str | None:
+    """Why `cval` has no value in `dtype`: a non-real number in a real dtype, a
+    non-integer (or infinity, or NaN) in an integer dtype, a number out of the
+    dtype's range, other than 0/1 in a bool dtype. Rounding to the nearest
+    float is not an error (as `0.1` in float32)."""
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return None
+    if isinstance(cval, complex):
+        if cval.imag != 0:
+            return "a complex number with a non-zero imaginary part"
+        cval = cval.real
+    if dtype == np.bool_:
+        return None if cval in (0, 1) else "neither 0 nor 1 (False nor True)"
+    if jnp.issubdtype(dtype, jnp.integer):
+        if isinstance(cval, float) and not cval.is_integer():
+            return "not a finite integer"
+        info = jnp.iinfo(dtype)
+        if not info.min <= int(cval) <= info.max:
+            return f"outside the dtype's range {info.min}..{info.max}"
+        return None
+    with np.errstate(over="ignore"):
+        cast = np.asarray(cval, dtype)
+    if math.isfinite(cval) and not np.isfinite(cast):
+        return "outside the dtype's range"
+    return None
 
 
 def _runs(indices: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -61,12 +109,14 @@ def _runs(indices: Sequence[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def _take_run(x: Array, axis: int, run: tuple[int, int, int], cval: Cval) -> Array:
+def _take_run(
+    x: Array, axis: int, run: tuple[int, int, int], fill: np.ndarray
+) -> Array:
     first, length, step = run
     shape = list(x.shape)
     shape[axis] = length
     if first == _FILL:
-        return jnp.full(shape, cval, x.dtype)
+        return jnp.full(shape, fill, x.dtype)
     if step == 0:
         piece = lax.slice_in_dim(x, first, first + 1, axis=axis)
         return jnp.broadcast_to(piece, shape)
@@ -84,8 +134,9 @@ def padded_box(
     cval: Cval,
 ) -> Array:
     """The box `[start, stop)` per dim of `x` padded by `layouts` in `mode`."""
+    fill = fill_value(cval if mode == "constant" else 0, x.dtype)
     for axis, (layout, (start, stop)) in enumerate(zip(layouts, box)):
         indices = _source_indices(layout.size, layout.lo, start, stop, mode)
-        pieces = [_take_run(x, axis, run, cval) for run in _runs(indices)]
+        pieces = [_take_run(x, axis, run, fill) for run in _runs(indices)]
         x = pieces[0] if len(pieces) == 1 else lax.concatenate(pieces, axis)
     return x

@@ -8,18 +8,30 @@ from __future__ import annotations
 
 import dataclasses
 import functools as ft
-import math
 import operator
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import numpy as np
+from jax.core import Tracer
+
 
 BOUNDARY_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
 
+# The normalised forms, as stored in a stencil's static fields.
 IntOrTuple = int | tuple[int, ...]
 PaddingDim = int | str | tuple[int, int]
 Padding = int | str | tuple[PaddingDim, ...]
+Offset = int | tuple[tuple[int, int], ...]
 Cval = bool | int | float | complex
+
+# The forms the constructors accept (NumPy scalars, lists).
+IntLike = int | np.integer
+IntsLike = IntLike | Sequence[IntLike]
+PaddingLike = IntLike | str | Sequence[IntLike | str | Sequence[IntLike]]
+OffsetLike = IntLike | Sequence[IntLike | Sequence[IntLike]]
+BoolLike = bool | np.bool_
 
 
 def is_int(value: Any) -> bool:
@@ -57,6 +69,36 @@ def normalize_ints(name: str, value: Any, *, minus_one: bool = False) -> IntOrTu
     return check(value)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """A flag: a bool (or NumPy bool), never a truthy value of another type."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"{name} must be a bool (True or False); got {value!r} of type "
+            f"{type(value).__name__}."
+        )
+    return bool(value)
+
+
+def normalize_cval(cval: Any) -> Cval:
+    """`cval` as a Python number: a number, NumPy scalar or concrete 0-d array."""
+    if isinstance(cval, (bool, int, float, complex)):
+        return cval
+    accepted = (
+        "cval must be a number (the fill value of boundary='constant'): a Python or "
+        "NumPy scalar or a 0-d array"
+    )
+    if isinstance(cval, Tracer):
+        raise TypeError(
+            f"{accepted}, known when the stencil is built (it is a static field); "
+            f"got a traced value {cval!r}."
+        )
+    if isinstance(cval, (np.generic, np.ndarray, jax.Array)):
+        array = np.asarray(cval)
+        if array.shape == () and array.dtype.kind in "biufc":
+            return array.item()
+    raise TypeError(f"{accepted}; got {cval!r} of type {type(cval).__name__}.")
+
+
 def _padding_dim(value: Any, whole: Any) -> PaddingDim:
     if isinstance(value, str):
         lowered = value.lower()
@@ -89,20 +131,19 @@ def normalize_padding(padding: Any) -> Padding:
     return _padding_dim(padding, padding)
 
 
-Offset = int | tuple[tuple[int, int], ...]
-
-
-def normalize_offset(offset: Any) -> Offset | None:
+def normalize_offset(offset: Any) -> Offset:
     """Validate smap's `offset` (int, or per dim an int or a (lo, hi) pair)."""
-    if offset is None:
-        return None
+
+    accepted = "an int >= 0, or per dim an int >= 0 or a (lo, hi) pair of those"
 
     def check(value: Any) -> int:
-        if not is_int(value) or operator.index(value) < 0:
-            raise ValueError(
-                "offset must be an int >= 0, or per dim an int >= 0 or a (lo, hi) "
-                f"pair of those; got {offset!r}."
+        if not is_int(value):
+            raise TypeError(
+                f"offset must be {accepted}; got {offset!r} ({value!r} is of type "
+                f"{type(value).__name__})."
             )
+        if operator.index(value) < 0:
+            raise ValueError(f"offset must be {accepted}; got {offset!r}.")
         return operator.index(value)
 
     if isinstance(offset, (tuple, list)):
@@ -116,7 +157,12 @@ def normalize_offset(offset: Any) -> Offset | None:
 
 
 def normalize_boundary(boundary: Any) -> str:
-    if not isinstance(boundary, str) or boundary.lower() not in BOUNDARY_MODES:
+    if not isinstance(boundary, str):
+        raise TypeError(
+            f"boundary must be one of {BOUNDARY_MODES}; got {boundary!r} of type "
+            f"{type(boundary).__name__}."
+        )
+    if boundary.lower() not in BOUNDARY_MODES:
         raise ValueError(f"boundary must be one of {BOUNDARY_MODES}; got {boundary!r}.")
     return boundary.lower()
 
@@ -186,7 +232,8 @@ class DimLayout:
 
     @property
     def out(self) -> int:
-        return (self.size + self.lo + self.hi - self.span) // self.stride + 1
+        """Output length: 0 for an empty input whose padding holds no window."""
+        return max(0, (self.size + self.lo + self.hi - self.span) // self.stride + 1)
 
     @property
     def anchor(self) -> int:
@@ -272,7 +319,7 @@ def _layout(geometry: Geometry, shape: tuple[int, ...]) -> tuple[DimLayout, ...]
         k = n if k == -1 else k
         lo, hi = _resolve_padding(p, d * (k - 1) + 1)
         layout = DimLayout(size=n, kernel=k, stride=s, dilation=d, lo=lo, hi=hi)
-        if n + lo + hi < layout.span:
+        if n + lo + hi < layout.span and n > 0:
             raise ValueError(
                 f"kernel larger than the padded input in dim {dim}: kernel_size {k} "
                 f"with dilation {d} spans {layout.span}, but the input length {n} "
@@ -285,7 +332,3 @@ def _layout(geometry: Geometry, shape: tuple[int, ...]) -> tuple[DimLayout, ...]
 
 def out_shape(layouts: Sequence[DimLayout]) -> tuple[int, ...]:
     return tuple(layout.out for layout in layouts)
-
-
-def num_taps(layouts: Sequence[DimLayout]) -> int:
-    return math.prod(layout.kernel for layout in layouts)

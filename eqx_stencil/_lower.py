@@ -260,6 +260,17 @@ def as_fields(tree: PyTree[ArrayLike], name: str = "array") -> Fields:
             f"{name} must be an array or a pytree of same-shape arrays; got "
             f"{tree!r}, which holds no array."
         )
+    for path, leaf in jtu.tree_flatten_with_path(tree)[0]:
+        if not isinstance(leaf, (jax.Array, np.ndarray)) and not hasattr(
+            leaf, "__jax_array__"
+        ):
+            raise TypeError(
+                f"{name} must be an array or a pytree (tuple, list, dict, Module) of "
+                f"same-shape arrays, its fields; got {type(tree).__name__} whose "
+                f"leaf {jtu.keystr(path) or 'root'} is {leaf!r} of type "
+                f"{type(leaf).__name__}, not an array. A list of numbers is a "
+                "pytree of scalar fields: for one array pass jnp.asarray(...)."
+            )
     arrays = tuple(jnp.asarray(leaf) for leaf in leaves)
     shapes = {array.shape for array in arrays}
     if len(shapes) > 1:
@@ -353,7 +364,8 @@ def _keep_input(problem: Problem) -> Callable:
     relative, structure = problem.index.relative, problem.fields.structure
     anchor = tuple(0 if relative else layout.anchor for layout in problem.layouts)
 
-    def keep(windows: PyTree) -> PyTree:
+    def keep(windows: PyTree, *args: Any, **kwargs: Any) -> PyTree:
+        del args, kwargs  # the call's extra arguments, unused
         values = [window[anchor] for window in structure.flatten_up_to(windows)]
         return structure.unflatten(values)
 

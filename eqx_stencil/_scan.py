@@ -97,10 +97,7 @@ def sweep(problem: Problem, table: Table, reverse: bool) -> PyTree[Array]:
 
     def step(work: Work, xs: tuple[Array, Array], block: Callable) -> tuple:
         counter, pattern = xs
-        lead_index = [
-            lax.rem(lax.div(counter, math.prod(lead[d + 1 :])), lead[d])
-            for d in range(m)
-        ]
+        lead_index = [counter // math.prod(lead[d + 1 :]) % lead[d] for d in range(m)]
         values = block(work, lead_index, pattern)
         return _write(work, values, lead_index, layouts, m), None
 

@@ -275,7 +275,9 @@ class Stencil(eqx.Module):
         if self.func is None:
             _check_anchors_in_input(problem)
         funcs = (self.func, *self.regions)
-        table = resolve_table(problem, funcs, self.region_keys, self._frame(fields.shape))
+        table = resolve_table(
+            problem, funcs, self.region_keys, self._frame(fields.shape)
+        )
         return self._run(problem, table)
 
     def _empty(self, problem: Problem) -> PyTree[Array]:

@@ -27,7 +27,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from ._geometry import IntOrTuple, Padding
+from ._geometry import BoolLike, IntsLike, OffsetLike, PaddingLike
 from ._stencil import (
     Stencil,
     kmap as _kmap,
@@ -115,10 +115,10 @@ class kmap(_FunctionMesh):
 
     def __init__(
         self,
-        kernel_size: IntOrTuple = 1,
-        strides: IntOrTuple = 1,
-        padding: Padding = 0,
-        relative: bool = False,
+        kernel_size: IntsLike = 1,
+        strides: IntsLike = 1,
+        padding: PaddingLike = 0,
+        relative: BoolLike = False,
         named_axis: dict[int, str] | None = None,
         map_kind: str = "vmap",
         map_kwargs: dict | None = None,
@@ -160,10 +160,10 @@ class smap(_FunctionMesh):
 
     def __init__(
         self,
-        kernel_size: IntOrTuple = 1,
-        strides: IntOrTuple = 1,
-        offset: int | tuple[int | tuple[int, int], ...] = 0,
-        relative: bool = False,
+        kernel_size: IntsLike = 1,
+        strides: IntsLike = 1,
+        offset: OffsetLike = 0,
+        relative: BoolLike = False,
         named_axis: dict[int, str] | None = None,
         map_kind: str = "vmap",
         map_kwargs: dict | None = None,
@@ -179,13 +179,14 @@ class smap(_FunctionMesh):
         super().__init__(stencil)
 
 
-def _reverse(scan_kwargs: dict | None) -> bool:
+def _reverse(scan_kwargs: dict | None) -> Any:
+    """`scan_kwargs["reverse"]`, validated by the stencil (a bool)."""
     unknown = set(scan_kwargs or {}) - {"reverse"}
     if unknown:
         raise ValueError(
             f"scan_kwargs accepts only 'reverse' here; got {sorted(unknown)}."
         )
-    return bool((scan_kwargs or {}).get("reverse", False))
+    return (scan_kwargs or {}).get("reverse", False)
 
 
 class kscan(_FunctionMesh):
@@ -215,10 +216,10 @@ class kscan(_FunctionMesh):
 
     def __init__(
         self,
-        kernel_size: IntOrTuple = 1,
-        strides: IntOrTuple = 1,
-        padding: Padding = 0,
-        relative: bool = False,
+        kernel_size: IntsLike = 1,
+        strides: IntsLike = 1,
+        padding: PaddingLike = 0,
+        relative: BoolLike = False,
         named_axis: dict[int, str] | None = None,
         scan_kind: str = "scan",
         scan_kwargs: dict | None = None,
@@ -261,10 +262,10 @@ class sscan(_FunctionMesh):
 
     def __init__(
         self,
-        kernel_size: IntOrTuple = 1,
-        strides: IntOrTuple = 1,
-        offset: int | tuple[int | tuple[int, int], ...] = 0,
-        relative: bool = False,
+        kernel_size: IntsLike = 1,
+        strides: IntsLike = 1,
+        offset: OffsetLike = 0,
+        relative: BoolLike = False,
         named_axis: dict[int, str] | None = None,
         scan_kind: str = "scan",
         scan_kwargs: dict | None = None,
