@@ -6,7 +6,9 @@ that a glider moves by one cell down and one right every 4 generations and
 comes back to where it started after 4 n generations on an n x n torus, and
 that a random soup evolves exactly as a hand-written `jnp.roll` version.
 
-Run: `python examples/game_of_life.py [--smoke] [--out PATH]`
+Run: `pip install -e ".[examples]"`, then
+`python examples/game_of_life.py [--smoke] [--out PATH]`
+(`--out PATH`: save the picture there).
 """
 
 import argparse
@@ -87,7 +89,8 @@ def main() -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path(__file__).parent / "images" / "game_of_life.png",
+        default=None,
+        help="save the picture to PATH (by default none is written)",
     )
     args = parser.parse_args()
     n, generations = (24, 40) if args.smoke else (96, 600)
@@ -110,7 +113,8 @@ def main() -> None:
     same = np.array_equal(boards[-1], hand(soup))
 
     picks = (0, 1, generations // 10, generations)
-    plot(boards, picks, args.out)
+    if args.out is not None:
+        plot(boards, picks, args.out)
     elapsed = time.perf_counter() - start
     print(
         f"game of life {n}x{n}: glider moved by (1, 1) in 4 generations: {moved}, "

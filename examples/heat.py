@@ -8,7 +8,9 @@ principle (u stays within the range of its initial and boundary values), and
 checks that the field relaxes towards the steady state, the linear profile from
 1 at the top to 0 at the bottom.
 
-Run: `python examples/heat.py [--smoke] [--out PATH]`
+Run: `pip install -e ".[examples]"`, then
+`python examples/heat.py [--smoke] [--out PATH]`
+(`--out PATH`: save the picture there).
 """
 
 import argparse
@@ -110,7 +112,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny grid, few steps")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "images" / "heat.png"
+        "--out",
+        type=Path,
+        default=None,
+        help="save the picture to PATH (by default none is written)",
     )
     args = parser.parse_args()
     if args.smoke:
@@ -136,7 +141,8 @@ def main() -> None:
     steady = np.linspace(TOP, BOTTOM, n)[:, None]
     distance = np.max(np.abs(history - steady), axis=(1, 2))
 
-    plot(history, checkpoints, args.out)
+    if args.out is not None:
+        plot(history, checkpoints, args.out)
     elapsed = time.perf_counter() - start
     print(
         f"heat {n}x{n}, {checkpoints[-1]} steps: |stencil - hand| = "

@@ -10,7 +10,9 @@ The script checks every filter against `jax.scipy.signal.convolve2d` on the
 reflect-padded image, that the blurs cut the noise in a flat patch of
 background, and that the strongest Sobel edges lie on the shapes' outlines.
 
-Run: `python examples/image_filters.py [--smoke] [--out PATH]`
+Run: `pip install -e ".[examples]"`, then
+`python examples/image_filters.py [--smoke] [--out PATH]`
+(`--out PATH`: save the picture there).
 """
 
 import argparse
@@ -135,7 +137,8 @@ def main() -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path(__file__).parent / "images" / "image_filters.png",
+        default=None,
+        help="save the picture to PATH (by default none is written)",
     )
     args = parser.parse_args()
     n = 64 if args.smoke else 200
@@ -160,15 +163,16 @@ def main() -> None:
     strong = edges > np.quantile(edges, 0.97)
     on_outline = float(near_outline[strong].mean())
 
-    plot(
-        {
-            "image": image,
-            f"box blur {BOX}x{BOX}": box,
-            f"Gaussian, sigma={SIGMA}": gauss,
-            "Sobel magnitude": edges,
-        },
-        args.out,
-    )
+    if args.out is not None:
+        plot(
+            {
+                "image": image,
+                f"box blur {BOX}x{BOX}": box,
+                f"Gaussian, sigma={SIGMA}": gauss,
+                "Sobel magnitude": edges,
+            },
+            args.out,
+        )
     elapsed = time.perf_counter() - start
     print(
         f"image filters {n}x{n}: max |stencil - convolve2d| "

@@ -14,7 +14,9 @@ the measurement noise out of the recovered kappa.
 The script checks that the loss drops by more than 10x and that the recovered
 kappa is at least twice as close to the truth as the initial guess.
 
-Run: `python examples/inverse_diffusivity.py [--smoke] [--out PATH]`
+Run: `pip install -e ".[examples]"`, then
+`python examples/inverse_diffusivity.py [--smoke] [--out PATH]`
+(`--out PATH`: save the picture there).
 """
 
 import argparse
@@ -144,7 +146,8 @@ def main() -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path(__file__).parent / "images" / "inverse_diffusivity.png",
+        default=None,
+        help="save the picture to PATH (by default none is written)",
     )
     args = parser.parse_args()
     if args.smoke:
@@ -166,7 +169,8 @@ def main() -> None:
     err_init = float(np.max(np.abs(kappa_init - kappa_true)))
     err_fit = float(np.max(np.abs(kappa_fit - kappa_true)))
 
-    plot(kappa_true, kappa_init, kappa_fit, history, args.out)
+    if args.out is not None:
+        plot(kappa_true, kappa_init, kappa_fit, history, args.out)
     elapsed = time.perf_counter() - start
     print(
         f"inverse diffusivity n={n}, {iterations} adam steps through "

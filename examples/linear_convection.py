@@ -12,7 +12,9 @@ the mass of the wave, sum((u - 1) dx), is conserved, and that its centre of
 mass moves at speed c (both exact for the upwind scheme while the wave stays
 inside the domain).
 
-Run: `python examples/linear_convection.py [--smoke] [--out PATH]`
+Run: `pip install -e ".[examples]"`, then
+`python examples/linear_convection.py [--smoke] [--out PATH]`
+(`--out PATH`: save the picture there).
 """
 
 import argparse
@@ -92,7 +94,8 @@ def main() -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path(__file__).parent / "images" / "linear_convection.png",
+        default=None,
+        help="save the picture to PATH (by default none is written)",
     )
     args = parser.parse_args()
     nt, nx = (31, 51) if args.smoke else (151, 51)  # full: the kernex README's
@@ -114,7 +117,8 @@ def main() -> None:
     mass_drift = float(np.max(np.abs(mass - mass[0])) / mass[0])
     speed = float((centre[-1] - centre[0]) / tmax)
 
-    plot(x, u, dt, max(1, (nt - 1) // 6), args.out)
+    if args.out is not None:
+        plot(x, u, dt, max(1, (nt - 1) // 6), args.out)
     elapsed = time.perf_counter() - start
     print(
         f"linear convection {nt}x{nx}: |kscan - lax.scan| = {err:.1e}, mass drift "

@@ -13,7 +13,9 @@ compares it with the exact solution of the PDE,
 u = exp(-D pi^2 t) sin(pi x) + 0.5 exp(-9 D pi^2 t) sin(3 pi x): in full mode,
 the error must fall as dx^2 when the grid is refined (a second-order scheme).
 
-Run: `python examples/method_of_lines.py [--smoke] [--out PATH]`
+Run: `pip install -e ".[examples]"`, then
+`python examples/method_of_lines.py [--smoke] [--out PATH]`
+(`--out PATH`: save the picture there).
 """
 
 import argparse
@@ -127,7 +129,8 @@ def main() -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path(__file__).parent / "images" / "method_of_lines.png",
+        default=None,
+        help="save the picture to PATH (by default none is written)",
     )
     args = parser.parse_args()
     sizes = (15,) if args.smoke else (15, 31, 63)
@@ -156,7 +159,8 @@ def main() -> None:
             plot_x, plot_us = x, us
     orders = [float(np.log2(a / b)) for a, b in zip(errors[:-1], errors[1:])]
 
-    plot(plot_x, ts, plot_us, sizes, errors, args.out)
+    if args.out is not None:
+        plot(plot_x, ts, plot_us, sizes, errors, args.out)
     elapsed = time.perf_counter() - start
     print(
         f"method of lines, grids {sizes}: |stencil - hand| / |rhs| = {rhs_err:.1e}, "

@@ -10,7 +10,9 @@ boolean mask, `.at[mask].set(...)`.
 The script checks one step against hand-written `jnp` slicing, that the screen
 stays at rest, and that the leapfrog scheme's discrete energy is conserved.
 
-Run: `python examples/wave.py [--smoke] [--out PATH]`
+Run: `pip install -e ".[examples]"`, then
+`python examples/wave.py [--smoke] [--out PATH]`
+(`--out PATH`: save the picture there).
 """
 
 import argparse
@@ -132,7 +134,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny grid, few steps")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "images" / "wave.png"
+        "--out",
+        type=Path,
+        default=None,
+        help="save the picture to PATH (by default none is written)",
     )
     args = parser.parse_args()
     if args.smoke:
@@ -153,7 +158,8 @@ def main() -> None:
     drift = float(np.max(np.abs(energies - energies[0])) / energies[0])
     screen_motion = float(np.max(np.abs(frames[1:, screen])))  # after step 0
 
-    plot(frames, screen, checkpoints, args.out)
+    if args.out is not None:
+        plot(frames, screen, checkpoints, args.out)
     elapsed = time.perf_counter() - start
     print(
         f"wave {n}x{n}, {checkpoints[-1]} steps: |stencil - hand| = {step_err:.1e}, "
