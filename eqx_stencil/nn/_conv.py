@@ -31,6 +31,7 @@ from typing import cast
 
 import equinox as eqx
 import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jrandom
 import numpy as np
@@ -136,16 +137,17 @@ def convolve(
     taps = _last_dim_taps(x, k_last, stride[-1], pads[-1], dilation[-1], boundary)
     rest = taps[0].shape[1:]
     patches = jnp.stack([tap.reshape(groups, c_group, *rest) for tap in taps], axis=1)
-    patches = patches.reshape(groups, k_last * c_group, math.prod(rest))
 
-    # 2. Weight as (G, T * O_g, k_N * C_g): rows (tap of the other dims, output
-    # channel), columns (tap of the last dim, input channel).
+    # 2. Weight as (G, T * O_g, k_N, C_g): rows (tap of the other dims, output
+    # channel), then (tap of the last dim, input channel), contracted with the
+    # patches' (k_N, C_g) dims. The spatial dims stay separate dims (never
+    # flattened), so a batch or spatial sharding passes through unchanged.
     w = weight.reshape(groups, o_group, c_group, t, k_last)
-    w = jnp.transpose(w, (0, 3, 1, 4, 2)).reshape(groups, t * o_group, -1)
+    w = jnp.transpose(w, (0, 3, 1, 4, 2)).reshape(groups, t * o_group, k_last, c_group)
     if groups == 1:
-        y = (w[0] @ patches[0])[None]
+        y = lax.dot_general(w[0], patches[0], (((1, 2), (0, 1)), ((), ())))
     else:
-        y = jnp.einsum("gmk,gkl->gml", w, patches)
+        y = lax.dot_general(w, patches, (((2, 3), (1, 2)), ((0,), (0,))))
     y = y.reshape(groups, t, o_group, *rest)
 
     # 3. Shifted sum over the taps of the other dims.
