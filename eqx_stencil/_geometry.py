@@ -32,6 +32,7 @@ IntsLike = IntLike | Sequence[IntLike]
 PaddingLike = IntLike | str | Sequence[IntLike | str | Sequence[IntLike]]
 OffsetLike = IntLike | Sequence[IntLike | Sequence[IntLike]]
 BoolLike = bool | np.bool_
+RealLike = int | float | np.integer | np.floating | np.ndarray | jax.Array
 
 
 def is_int(value: Any) -> bool:
@@ -67,6 +68,20 @@ def normalize_ints(name: str, value: Any, *, minus_one: bool = False) -> IntOrTu
             raise ValueError(f"{name} must not be an empty tuple; got {value!r}.")
         return tuple(check(item) for item in value)
     return check(value)
+
+
+def is_real(value: Any) -> bool:
+    """A real number: a Python or NumPy int or float, or a concrete 0-d array
+    of one (not a bool)."""
+    if isinstance(value, (bool, np.bool_, Tracer)):
+        return False
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return True
+    return (
+        isinstance(value, (np.ndarray, jax.Array))
+        and np.ndim(value) == 0
+        and np.asarray(value).dtype.kind in "iuf"
+    )
 
 
 def check_bool(name: str, value: Any) -> bool:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Inexact, PRNGKeyArray
 
-from .._geometry import is_int
+from .._geometry import RealLike, is_int, is_real
 from .._stencil import kmap
 from ._parse import (
     PADDING_MODES,
@@ -79,14 +79,16 @@ SCHEMES: dict[str, tuple[int, Callable[[tuple[float, ...], int], np.ndarray], st
 
 def _spacing(spacing: Any, n: int) -> tuple[float, ...]:
     accepted = f"a positive number or a sequence of {n} positive numbers (one per dim)"
+    if isinstance(spacing, str):
+        raise TypeError(f"spacing must be {accepted}; got {spacing!r}.")
     values = spacing if isinstance(spacing, Sequence) else (spacing,) * n
-    if isinstance(spacing, str) or len(values) != n:
+    if len(values) != n:
         raise ValueError(f"spacing must be {accepted}; got {spacing!r}.")
     out = []
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_real(value):
             raise TypeError(f"spacing must be {accepted}; got {spacing!r}.")
-        if not value > 0:
+        if not float(value) > 0:
             raise ValueError(f"spacing must be {accepted}; got {spacing!r}.")
         out.append(float(value))
     return tuple(out)
@@ -147,7 +149,7 @@ class FiniteDifference(eqx.Module):
         self,
         scheme: str = "laplacian_5",
         *,
-        spacing: float | Sequence[float] = 1.0,
+        spacing: RealLike | Sequence[RealLike] = 1.0,
         axis: int = 0,
         padding_mode: str = "ZEROS",
         dtype=None,
