@@ -62,9 +62,7 @@ class Sharded:
 
     @property
     def spec(self) -> PartitionSpec:
-        return PartitionSpec(
-            *(e if e is None or len(e) > 1 else e[0] for e in self.entries)
-        )
+        return PartitionSpec(*self.entries)
 
     def describe(self) -> str:
         return f"spec {self.spec} on mesh axes {dict(self.mesh.shape)}"

@@ -46,7 +46,7 @@ from ._indexing import WindowIndex
 from ._lower import Fields, Problem, Table, as_fields, lower, resolve_table
 from ._regions import Mask, Region, normalize_region
 from ._scan import sweep
-from ._shard import check_sharding
+from ._shard import check_sharding, find_sharding, run_sharded
 
 
 def _check_func(func: Any, name: str = "func") -> Any:
@@ -278,6 +278,11 @@ class Stencil(eqx.Module):
         table = resolve_table(
             problem, funcs, self.region_keys, self._frame(fields.shape)
         )
+        sharded = find_sharding(self.sharding, fields)
+        if sharded is not None:
+            sweep = isinstance(self, (Scan, ShapeScan))
+            reverse = self.reverse if sweep else None
+            return run_sharded(sharded, problem, table, self._run, reverse)
         return self._run(problem, table)
 
     def _empty(self, problem: Problem) -> PyTree[Array]:
