@@ -1,5 +1,8 @@
-"""`python -m benchmarks [--quick] [--case NAME ...] [--plot PATH]`: print the
-tables. Each case runs in a fresh process (`--in-process`: all in this one)."""
+"""`python -m benchmarks [--quick] [--case NAME ...] [--plot PATH] [--report PATH]`:
+print the tables. Each case runs in a fresh process (`--in-process`: all in this
+one). `--report docs/benchmark-results.md` also writes the printed report there:
+the performance page includes that file, so every figure the docs quote comes
+from one run."""
 
 from __future__ import annotations
 
@@ -86,6 +89,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--tables-json", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--report",
+        type=Path,
+        help="also write the printed report (markdown) to this path",
+    )
+    parser.add_argument(
         "--plot",
         type=Path,
         help="also draw eqx_stencil's ratios as a bar chart (PNG) at this path",
@@ -128,10 +136,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         options.tables_json.write_text(json.dumps(to_json(tables)))
         return
     kernex = "not installed" if optional_kernex() is None else version("kernex")
-    print("# eqx_stencil benchmarks\n")
-    print(f"- machine: {machine()}")
-    print(f"- eqx_stencil {version('eqx_stencil')}, kernex {kernex}")
-    print(f"- mode: {'quick (smoke run)' if options.quick else 'full'}\n", flush=True)
+    report: list[str] = []
+
+    def emit(text: str) -> None:
+        print(text, flush=True)
+        report.append(text)
+
+    emit("## Benchmark results\n")
+    emit(f"- machine: {machine()}")
+    emit(f"- eqx_stencil {version('eqx_stencil')}, kernex {kernex}")
+    emit(f"- mode: {'quick (smoke run)' if options.quick else 'full'}\n")
     start = time.perf_counter()
     tables = []
     names = options.case or list(CASES)
@@ -145,10 +159,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         seconds = time.perf_counter() - case_start
         print(f"[{number}/{len(names)}] {name}: {seconds:.1f} s", file=sys.stderr)
     for table in merge(tables):
-        print(markdown(table), end="\n\n")
+        emit(markdown(table) + "\n")
     lines = missed(tables)
-    print("## Bars and targets missed\n")
-    print("\n".join(lines) if lines else "none")
+    emit("### Bars and targets missed\n")
+    emit("\n".join(lines) if lines else "none")
+    if options.report is not None:
+        options.report.write_text("\n".join(report) + "\n")
+        print(f"report: {options.report}", file=sys.stderr)
     if options.plot is not None:
         plot(tables, options.plot)
         print(f"plot: {options.plot}", file=sys.stderr)
