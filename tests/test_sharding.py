@@ -1,0 +1,169 @@
+"""Sharded stencils on 8 simulated CPU devices.
+
+The devices exist only if `XLA_FLAGS` is set before JAX starts, so the cases
+(`tests/sharded/cases.py`) run once, in one subprocess, and each test asserts
+on the JSON line its case printed: the error against the single-device call,
+the collectives in the compiled program, or the error the case must raise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+
+CASES = pathlib.Path(__file__).parent / "sharded" / "cases.py"
+NO_GATHER = {"all-gather": 0, "all-to-all": 0, "all-reduce": 0}
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, dict]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    done = subprocess.run(
+        [sys.executable, str(CASES)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    found = {entry["case"]: entry for entry in map(json.loads, lines)}
+    assert found, f"the cases printed nothing:\n{done.stderr[-3000:]}"
+    return found
+
+
+def result(results: dict[str, dict], name: str) -> dict:
+    entry = results[name]
+    assert "raised" not in entry, entry.get("trace", entry)
+    return entry
+
+
+def others(entry: dict) -> dict[str, int]:
+    return {k: v for k, v in entry["counts"].items() if k != "collective-permute"}
+
+
+MODES = ["constant", "edge", "reflect", "symmetric", "wrap"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("points", [5, 9])
+def test_laplacian_4x2(results: dict, points: int, mode: str) -> None:
+    entry = result(results, f"lap{points}_{mode}")
+    assert entry["err"] <= 1e-6
+    assert entry["out_spec"] == ["P('x', 'y')"]
+    assert entry["counts"]["collective-permute"] <= 4
+    assert others(entry) == NO_GATHER
+    # exactly the halo: a row of 8 and a column of 8 + 2 (corners), each way
+    assert entry["bytes"] == 4 * (2 * 8 + 2 * 10)
+
+
+def test_7_point_2x2x2(results: dict) -> None:
+    entry = result(results, "lap7_3d")
+    assert entry["err"] <= 1e-6
+    assert entry["counts"]["collective-permute"] <= 6
+    assert others(entry) == NO_GATHER
+    assert entry["bytes"] == 4 * 2 * (4 * 4 + 6 * 4 + 6 * 6)
+
+
+@pytest.mark.parametrize("name", ["pooling", "avg_pool_3"])
+def test_pooling_needs_no_collectives(results: dict, name: str) -> None:
+    entry = result(results, name)
+    assert entry["err"] <= 1e-6
+    assert entry["counts"] == {"collective-permute": 0, **NO_GATHER}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "wide_halo_one_dim",
+        "strided",
+        "dilated",
+        "cropping",
+        "patches",
+        "regions_slices",
+        "regions_mask",
+        "region_one_shard",
+        "multi_field",
+        "extra_args",
+        "smap_offset",
+        "kscan_unswept",
+        "sscan_unswept",
+        "replicated_dim",
+        "one_device_mesh",
+    ],
+)
+def test_equals_single_device(results: dict, name: str) -> None:
+    entry = result(results, name)
+    assert entry["err"] <= 1e-6
+    assert others(entry) == NO_GATHER
+    assert entry["counts"]["collective-permute"] <= 8
+
+
+def test_unswept_kscan_needs_no_exchange(results: dict) -> None:
+    for name in ("kscan_unswept", "sscan_unswept"):
+        assert result(results, name)["counts"]["collective-permute"] == 0
+
+
+def test_region_runs_only_on_its_shard(results: dict) -> None:
+    # the region's cosine is compiled into one shard's program only
+    assert result(results, "region_one_shard")["cosines"] == 1
+
+
+def test_output_keeps_sharding(results: dict) -> None:
+    assert result(results, "patches")["out_spec"] == ["P('x', 'y', None, None)"]
+    assert result(results, "replicated_dim")["out_spec"] == ["P('x', None)"]
+    assert result(results, "kscan_unswept")["out_spec"] == ["P(None, 'y')"]
+
+
+def test_auto_mesh_with_sharding_keyword(results: dict) -> None:
+    entry = result(results, "auto_mesh")
+    assert entry["err"] <= 1e-6
+    assert entry["out_sharding"] == "P('x', 'y')"
+    assert entry["counts"] == {"collective-permute": 4, **NO_GATHER}
+    # without sharding= XLA's partitioner gathers: the keyword is what saves it
+    assert entry["partitioner_counts"]["collective-permute"] > 4
+
+
+def test_one_device_mesh_has_no_collectives(results: dict) -> None:
+    entry = result(results, "one_device_mesh")
+    assert entry["counts"] == {"collective-permute": 0, **NO_GATHER}
+
+
+def test_interior_does_not_wait_for_the_halo(results: dict) -> None:
+    entry = result(results, "interior_independent")
+    assert entry["independent"] >= 1  # the interior fusion reads no halo
+    assert entry["dependent"] >= 1  # the strips do (the check can see it)
+    assert entry["counts"]["collective-permute"] == 4
+
+
+def test_solver_gradients(results: dict) -> None:
+    entry = result(results, "solver_gradients")
+    assert entry["err"] <= 1e-4
+    assert entry["counts"]["all-gather"] == 0
+    assert entry["counts"]["all-to-all"] == 0
+    assert entry["grad_spec"] == ["P('x', 'y')"]
+
+
+@pytest.mark.parametrize(
+    "name, error, words",
+    [
+        ("kscan_swept_axis", "ValueError", ["dim 0", "sequentially", "('x',)"]),
+        ("kscan_neighbour_updates", "ValueError", ["dim 1", "('y',)", "es.iterate"]),
+        ("halo_too_wide", "ValueError", ["shards of 8", "reaches 9", "('y',)"]),
+        ("uneven_output", "ValueError", ["(32, 16)", "(30, 14)", "'x': 4"]),
+        ("mixed_fields", "ValueError", ["P('x', 'y')", "P('x', None)"]),
+        ("bad_sharding_type", "TypeError", ["sharding", "NamedSharding"]),
+    ],
+)
+def test_bad_input(results: dict, name: str, error: str, words: list[str]) -> None:
+    entry = results[name]
+    assert entry.get("raised") == error, entry
+    for word in words:
+        assert word in entry["message"]
