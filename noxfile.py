@@ -12,14 +12,27 @@ nox.options.reuse_existing_virtualenvs = True
 PYTHON = "3.11"
 
 
+CPU = {"JAX_PLATFORMS": "cpu"}
+# Two workers, each running whole test files (a file's tests share the
+# programs JAX compiled for it); a fixed hypothesis seed makes CI reproducible
+# (plain `pytest` draws fresh examples every run). conftest.py prints one line
+# per finished file; the ten slowest tests close the report.
+FAST = ["-n", "2", "--dist", "loadfile", "-q", "--hypothesis-seed=0", "--durations=10"]
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the test suite on the CPU (jaxtyping + beartype checks on)."""
+    """The test suite on the CPU, in about 3 minutes on 2 cores (jaxtyping +
+    beartype checks on)."""
     session.install("-e", ".[test]")
-    # A fixed hypothesis seed makes the CI run reproducible; plain `pytest`
-    # draws fresh examples on every run.
-    args = session.posargs or ["-q", "--hypothesis-seed=0"]
-    session.run("pytest", *args, env={"JAX_PLATFORMS": "cpu"})
+    session.run("pytest", *(session.posargs or FAST), env=CPU)
+
+
+@nox.session(python=PYTHON)
+def tests_thorough(session: nox.Session) -> None:
+    """Only the hypothesis tests, each with 10x its examples (CI runs this too)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "--thorough", *(session.posargs or FAST), env=CPU)
 
 
 @nox.session(python=PYTHON, venv_params=["--system-site-packages"])
@@ -36,7 +49,8 @@ def tests_gpu(session: nox.Session) -> None:
             "a GPU is present but jax has no CUDA backend here: install a CUDA jax, "
             'e.g. pip install "jax[cuda12]", then rerun nox -s tests_gpu.'
         )
-    args = session.posargs or ["-q", "--hypothesis-seed=0"]
+    # One process: two would each claim most of the GPU's memory.
+    args = session.posargs or ["-q", "--hypothesis-seed=0", "--durations=10"]
     session.run("pytest", *args, env={"JAX_PLATFORMS": "cuda"})
 
 
@@ -77,7 +91,7 @@ def bench(session: nox.Session) -> None:
         "-m",
         "benchmarks",
         *session.posargs,
-        env={"JAX_PLATFORMS": "cpu", **allocator},
+        env={**CPU, **allocator},
     )
 
 
@@ -92,4 +106,4 @@ def examples(session: nox.Session) -> None:
             flags = []
         else:
             flags = ["--smoke", "--out", str(tmp / f"{script.stem}.png")]
-        session.run("python", str(script), *flags, env={"JAX_PLATFORMS": "cpu"})
+        session.run("python", str(script), *flags, env=CPU)
