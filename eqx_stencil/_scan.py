@@ -31,7 +31,7 @@ from jaxtyping import Array, PyTree
 from ._assemble import tile_together
 from ._geometry import DimLayout, out_shape
 from ._lower import Problem, Table, check_outputs
-from ._regions import Box, Plan, decompose
+from ._regions import MAX_BOXES, Box, Plan, decompose
 
 
 Work = tuple[Array, ...]  # the working padded fields
@@ -150,8 +150,8 @@ def _block(
     tiled = decompose(plan)
     if tiled is None:
         raise ValueError(
-            "kscan: the regions cut one scan step into more than 64 pieces; use "
-            "fewer, larger regions."
+            f"kscan: the regions cut one scan step into more than {MAX_BOXES} "
+            "pieces; use fewer, larger regions."
         )
     tiles, tiling = tiled
     values = []
