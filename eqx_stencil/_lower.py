@@ -359,7 +359,7 @@ def check_outputs(
             )
 
 
-def _keep_input(problem: Problem) -> Callable:
+def keep_input(problem: Problem) -> Callable:
     """The function returning a window's anchor tap: its input value(s)."""
     relative, structure = problem.index.relative, problem.fields.structure
     anchor = tuple(0 if relative else layout.anchor for layout in problem.layouts)
@@ -393,14 +393,28 @@ def resolve_table(
     function of `regions[r]`. With a `frame`, positions outside it keep their
     input value (the window's anchor tap)."""
     table = plan(problem.layouts, regions, funcs[0] is not None, frame)
-    funcs = (*funcs, _keep_input(problem))
+    funcs = (*funcs, keep_input(problem))
+    names = [describe(region) for region in (None, *regions, frame)]
+    return make_table(problem, table, funcs, names)
+
+
+def make_table(
+    problem: Problem,
+    table: Plan,
+    funcs: Sequence[Callable | None],
+    names: Sequence[str],
+    hint: str = "",
+) -> Table:
+    """The table of `table`'s owners: owner `o` runs `funcs[o]`, named
+    `names[o]`. A position owned by none (`-1`) is an error naming it (`hint`
+    appended)."""
     uncovered = np.argwhere(table.owners < 0)
     if len(uncovered):
         position = table.position(uncovered[0])
         raise ValueError(
             f"output position {position} is covered by no region and the stencil "
             "has no default function: add a region covering it with "
-            ".at[index].set(func), or give a default function."
+            f".at[index].set(func), or give a default function.{hint}"
         )
     owners = [int(owner) for owner in np.unique(table.owners)]
     used = {owner: cast(Callable, funcs[owner]) for owner in owners}
@@ -408,7 +422,7 @@ def resolve_table(
         plan=table,
         funcs=used,
         taps={owner: problem.taps(func) for owner, func in used.items()},
-        names={o: describe((None, *regions, frame)[o]) for o in owners},
+        names={owner: names[owner] for owner in owners},
     )
 
 

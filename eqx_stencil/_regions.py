@@ -4,7 +4,9 @@ A region is an index (ints, slices with any step, `...`, or a static NumPy
 boolean mask) read against the *input* array's shape; an output position
 belongs to it when the input coordinate of its window's anchor is selected.
 Later regions win where they overlap; the default function (if any) covers
-everything first.
+everything first. A *data* region (`DataMask`: a `jax.Array` mask or label
+map, see `_data_regions.py`) owns no position statically: `stack_data` marks
+where it may win, and the lowering selects per position.
 
 `plan` resolves the table to one static owner per output position (on a grid
 compressed to the cells between region edges), and `decompose` cuts the output
@@ -52,9 +54,19 @@ class Mask:
         return f"Mask(shape={self.array.shape}, count={int(self.array.sum())})"
 
 
-# A normalised index: a mask, or a tuple with per-dim `int`, `(start, stop,
-# step)` triples for slices, and `...`.
-Region = Mask | tuple[Any, ...]
+@dataclasses.dataclass(frozen=True)
+class DataMask:
+    """The key of a data region: its mask (`labels=False`) or label map
+    (`labels=True`) is an array carried by the region's function, known only
+    when the stencil runs. Statically it may select every position whose
+    anchor lies inside the input."""
+
+    labels: bool
+
+
+# A normalised index: a mask, a data region, or a tuple with per-dim `int`,
+# `(start, stop, step)` triples for slices, and `...`.
+Region = Mask | DataMask | tuple[Any, ...]
 
 
 def normalize_region(index: Any) -> Region:
@@ -95,6 +107,8 @@ def describe(region: Region | None) -> str:
         return "the default function"
     if isinstance(region, Mask):
         return f"region {region!r}"
+    if isinstance(region, DataMask):
+        return "a label map's labels 1.." if region.labels else "a data mask region"
 
     def item(entry: Any) -> str:
         if entry is Ellipsis:
@@ -144,6 +158,8 @@ def _output_selections(
                 f"got {region.array.shape}."
             )
         return region.array[np.ix_(*clipped)] & _outer_and(inside)
+    if isinstance(region, DataMask):
+        return inside
     entries = list(region)
     if Ellipsis in entries:
         at = entries.index(Ellipsis)
@@ -198,7 +214,9 @@ def plan(
     """Resolve the region table over the output grid; later regions win.
 
     With a `frame` (smap's offset box), positions outside it belong to owner
-    `len(regions) + 1`, whatever the regions say.
+    `len(regions) + 1`, whatever the regions say. Data regions own nothing
+    (see `stack_data`), but their cells separate anchors inside the input from
+    those in the padding.
     """
     framed = () if frame is None else (frame,)
     selections = [_output_selections(r, layouts) for r in (*regions, *framed)]
@@ -222,7 +240,8 @@ def plan(
         for selection in selections
     ]
     for number, hit in enumerate(hits[: len(regions)], start=1):
-        owners = np.where(hit, number, owners)
+        if not isinstance(regions[number - 1], DataMask):
+            owners = np.where(hit, number, owners)
     if frame is not None:
         owners = np.where(hits[-1], owners, len(regions) + 1)
     interior = _outer_and(
@@ -232,6 +251,37 @@ def plan(
         ]
     )
     return Plan(edges, owners, interior)
+
+
+# Per owner of a stacked plan: the static owner and the numbers of the data
+# regions that may win over it, in table order.
+Stack = tuple[int, tuple[int, ...]]
+
+
+def stack_data(
+    plan: Plan, layouts: Sequence[DimLayout], regions: Sequence[Region]
+) -> tuple[Plan, list[Stack]]:
+    """`plan` with each owner split by the data regions that may win over it:
+    data region `r` (number `r + 1`) may win at the positions whose anchor lies
+    inside the input and whose static owner comes earlier in the table (a lower
+    number: the default, earlier regions; uncovered positions stay `-1`). The
+    new owners number the distinct stacks."""
+    starts = [np.asarray(edges[:-1]) for edges in plan.edges]
+    inside = _outer_and(
+        [
+            vector[c]
+            for vector, c in zip(_output_selections(DataMask(False), layouts), starts)
+        ]
+    )
+    numbers = [n for n, r in enumerate(regions, start=1) if isinstance(r, DataMask)]
+    above = [inside & (plan.owners < n) for n in numbers]
+    columns = np.stack([plan.owners, *above], axis=-1).reshape(-1, 1 + len(numbers))
+    keys, ids = np.unique(columns, axis=0, return_inverse=True)
+    owners = np.where(plan.owners < 0, -1, ids.reshape(plan.owners.shape))
+    stacks = [
+        (int(key[0]), tuple(n for n, on in zip(numbers, key[1:]) if on)) for key in keys
+    ]
+    return dataclasses.replace(plan, owners=owners.astype(np.int32)), stacks
 
 
 def _runs(labels: np.ndarray) -> list[tuple[int, int]]:

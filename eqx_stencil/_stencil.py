@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding
 from jaxtyping import Array, ArrayLike, PyTree, ScalarLike
 
 from ._call import compiled_call, is_traced
+from ._data_regions import normalize_index, region_entries, resolve_regions
 from ._geometry import (
     BoolLike,
     Cval,
@@ -44,7 +45,7 @@ from ._geometry import (
 )
 from ._indexing import WindowIndex
 from ._lower import Fields, Problem, Table, as_fields, lower, resolve_table
-from ._regions import Mask, Region, normalize_region
+from ._regions import DataMask, Mask, Region
 from ._scan import sweep
 from ._shard import check_sharding, find_sharding, run_sharded
 
@@ -73,7 +74,7 @@ def _is_region(key: Any) -> bool:
             return len(item) == 3 and all(b is None or type(b) is int for b in item)
         return item is Ellipsis or type(item) is int
 
-    return isinstance(key, Mask) or (
+    return isinstance(key, (Mask, DataMask)) or (
         isinstance(key, tuple) and all(entry(item) for item in key)
     )
 
@@ -275,15 +276,15 @@ class Stencil(eqx.Module):
         if self.func is None:
             _check_anchors_in_input(problem)
         funcs = (self.func, *self.regions)
-        table = resolve_table(
-            problem, funcs, self.region_keys, self._frame(fields.shape)
+        sweep = isinstance(self, (Scan, ShapeScan))
+        problem, table, finish = resolve_regions(
+            problem, funcs, self.region_keys, self._frame(fields.shape), sweep
         )
         sharded = find_sharding(self.sharding, fields)
         if sharded is not None:
-            sweep = isinstance(self, (Scan, ShapeScan))
             reverse = self.reverse if sweep else None
-            return run_sharded(sharded, problem, table, self._run, reverse)
-        return self._run(problem, table)
+            return finish(run_sharded(sharded, problem, table, self._run, reverse))
+        return finish(self._run(problem, table))
 
     def _empty(self, problem: Problem) -> PyTree[Array]:
         """An output with a zero-length dim. Its trailing shape and dtype are
@@ -313,6 +314,18 @@ class Stencil(eqx.Module):
           belongs to the region when the input coordinate of its anchor is
           selected. Later regions win where they overlap; positions in no
           region use the default function.
+        - *Data regions*: a boolean `jax.Array` mask of the input's shape
+          (concrete or traced) is a region whose extent is data: it is part of
+          the stencil's pytree, so under `jit` new mask values reuse the
+          compiled program and `vmap` over masks is one program. Its positions
+          do not count as covered when checking that every position has a
+          function (give a default or static regions).
+        - *Label maps*: an integer array of the input's shape with a tuple of
+          functions, `.at[labels].set((f0, f1, ...))`: label `i` runs `fi`,
+          and every position whose anchor lies inside the input is covered. A
+          `jax.Array` map is data; a NumPy one is one static mask per label.
+          Concrete labels outside `0..len(funcs)-1` are a `ValueError`; traced
+          ones are clamped into that range.
 
         **Returns:**
 
@@ -327,6 +340,13 @@ class Stencil(eqx.Module):
         F = es.kmap(kernel_size=1, relative=True)
         F = F.at[0].set(lambda x: x[0] ** 2).at[1:].set(lambda x: x[0] ** 3)
         F(jnp.arange(1.0, 5.0))  # [1, 8, 27, 64]
+
+        wall = jnp.array([False, True, True, False])  # data: may be traced
+        F.at[wall].set(lambda x: 0.0)(jnp.arange(1.0, 5.0))  # [1, 0, 0, 64]
+        labels = jnp.array([0, 1, 1, 0])
+        G = es.kmap(kernel_size=1, relative=True)
+        G = G.at[labels].set((lambda x: x[0], lambda x: -x[0]))
+        G(jnp.ones(4))  # [1, -1, -1, 1]
         ```
         """
         return _StencilAt(self)
@@ -359,24 +379,25 @@ class _StencilAt:
         self._stencil = stencil
 
     def __getitem__(self, index: Any) -> _RegionSetter:
-        return _RegionSetter(self._stencil, normalize_region(index))
+        return _RegionSetter(self._stencil, normalize_index(index))
 
 
 class _RegionSetter:
     __slots__ = ("_stencil", "_region")
 
-    def __init__(self, stencil: Stencil, region: Region) -> None:
+    def __init__(self, stencil: Stencil, region: Any) -> None:
         self._stencil = stencil
         self._region = region
 
-    def set(self, func: Callable) -> Stencil:
-        """A new stencil with `func` on this region (later regions win)."""
-        _check_func(func)
+    def set(self, func: Callable | tuple[Callable, ...]) -> Stencil:
+        """A new stencil with `func` on this region (later regions win); for a
+        label map, a tuple of functions, one per label."""
+        keys, funcs = zip(*region_entries(self._region, func))
         stencil = self._stencil
         return dataclasses.replace(
             stencil,
-            regions=(*stencil.regions, func),
-            region_keys=(*stencil.region_keys, self._region),
+            regions=(*stencil.regions, *funcs),
+            region_keys=(*stencil.region_keys, *keys),
         )
 
 

@@ -1,0 +1,296 @@
+"""Data regions: masks and label maps given as `jax.Array`s (concrete or traced).
+
+`stencil.at[mask].set(func)` with a boolean `jax.Array` mask, or
+`stencil.at[labels].set((f0, f1, ...))` with an integer label map, makes a
+region whose extent is *data*: the array is a pytree leaf of the stencil (held
+by the region's function entry, a `Masked`), so `jit` does not recompile when
+only its values change and `vmap` over a batch of masks is one program. Static
+regions (ints, slices, NumPy masks) keep their static boxes.
+
+A label map is the region `...` with `f0` (so it covers every position whose
+anchor lies inside the input) followed by one data layer per further label:
+label `i` wins where `labels >= i`, so a label below 0 runs `f0` and one above
+the last runs the last function (*clamped*).
+
+The lowering rule: **always select**. The static plan (`_regions.stack_data`)
+splits every static owner by the data regions that may win over it (those
+later in the table, on anchors inside the input); each such stack becomes one
+function of the table that evaluates the static owner's function and every
+data region's function on its windows and picks per position with
+`lax.select_n`, by the masks' values at the window's anchor. Each function is
+thus evaluated on the tiles where it may win (never on tiles a later static
+region owns), and fused with the others into one loop, like a hand-written
+`jnp.where`. The masks travel as extra (hidden) fields of the problem, read at
+the anchor tap: the map lowerings slice them like the input, `kscan` reads them
+from its working array at every step (the sweep honours data regions) and the
+sharded path exchanges their halos like the input's.
+
+Gradients: a function's windows are passed through
+`where(picked, w, stop_gradient(w))`, so a function that is not picked at a
+position contributes no gradient to the input there, even if its derivative
+is infinite or NaN (the "double where"); gradients with respect to the call's
+extra arguments are not guarded (as with a hand-written `jnp.where`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jax import lax
+from jax.core import Tracer
+from jaxtyping import Array, PyTree, PyTreeDef
+
+from ._lower import Fields, Problem, Table, keep_input, make_table, resolve_table
+from ._regions import DataMask, Region, describe, normalize_region, plan, stack_data
+from ._window import TapProxy, Window
+
+
+class Masked(eqx.Module):
+    """A data region's function entry: its function(s) and the array that
+    selects where they run (a pytree leaf, so it is traced, batched and
+    never baked into a program). Calling it calls the first function."""
+
+    funcs: tuple[Callable, ...]
+    data: Array
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.funcs[0](*args, **kwargs)
+
+
+def _is_array(index: Any) -> bool:
+    return isinstance(index, (jax.Array, np.ndarray))
+
+
+def normalize_index(index: Any) -> Region | Array | np.ndarray:
+    """A static region normalised (see `normalize_region`), or a data mask or
+    label map array, validated by kind (its shape is checked at the call)."""
+    if isinstance(index, jax.Array):
+        if index.dtype == jnp.bool_ or jnp.issubdtype(index.dtype, jnp.integer):
+            return index
+        raise TypeError(
+            "a region given as a jax.Array must be a boolean mask or an integer "
+            f"label map of the input's shape; got dtype {index.dtype}."
+        )
+    if isinstance(index, np.ndarray) and np.issubdtype(index.dtype, np.integer):
+        return index
+    return normalize_region(index)
+
+
+def _check_labels(labels: Array | np.ndarray, count: int) -> None:
+    """Concrete labels must lie in `0..count-1` (traced ones are clamped)."""
+    if isinstance(labels, Tracer) or labels.size == 0:
+        return
+    low, high = int(np.min(labels)), int(np.max(labels))
+    if low < 0 or high >= count:
+        raise ValueError(
+            f"a label map with {count} functions takes labels 0..{count - 1}; got "
+            f"labels from {low} to {high}. (Traced labels are clamped to that "
+            "range instead.)"
+        )
+
+
+def region_entries(
+    index: Region | Array | np.ndarray, func: Any
+) -> list[tuple[Region, Callable]]:
+    """The region table entries `(key, function)` of `.at[index].set(func)`."""
+    if not _is_array(index):
+        return [(index, _callable(func, "func"))]
+    if index.dtype == np.bool_:
+        return [(DataMask(labels=False), Masked((_callable(func, "func"),), index))]
+    if not isinstance(func, tuple) or not func:
+        raise TypeError(
+            "an integer label map takes a non-empty tuple of functions, one per "
+            f"label: .at[labels].set((f0, f1, ...)); got {func!r}."
+        )
+    funcs = tuple(_callable(f, "every label's function") for f in func)
+    _check_labels(index, len(funcs))
+    if isinstance(index, np.ndarray):  # static: one static mask per label
+        return [(normalize_region(index == i), f) for i, f in enumerate(funcs)]
+    entries: list[tuple[Region, Callable]] = [((Ellipsis,), funcs[0])]
+    if len(funcs) > 1:
+        entries.append((DataMask(labels=True), Masked(funcs[1:], index)))
+    return entries
+
+
+def _callable(func: Any, name: str) -> Callable:
+    if not callable(func):
+        raise TypeError(
+            f"{name} must be callable (the function applied to every window); got "
+            f"{func!r} of type {type(func).__name__}."
+        )
+    return func
+
+
+def _identity(out: PyTree) -> PyTree:
+    return out
+
+
+def resolve_regions(
+    problem: Problem,
+    funcs: Sequence[Callable | None],
+    regions: Sequence[Region],
+    frame: Region | None,
+    writes_back: bool,
+) -> tuple[Problem, Table, Callable[[PyTree], PyTree]]:
+    """The problem and table to run (see `_lower.resolve_table`), and the
+    function that turns the run's result into the stencil's output. With data
+    regions, their arrays are appended to the problem's fields and the table's
+    functions select per position; a sweep (`writes_back`) writes the masks
+    back unchanged and `finish` drops them."""
+    numbers = [n for n, r in enumerate(regions, start=1) if isinstance(r, DataMask)]
+    if not numbers:
+        return problem, resolve_table(problem, funcs, regions, frame), _identity
+    masked = [_masked(funcs[n], regions[n - 1]) for n in numbers]
+    fields = problem.fields
+    structure = jtu.tree_structure(
+        (fields.structure.unflatten([0] * len(fields.arrays)), (0,) * len(masked))
+    )
+    arrays = (*fields.arrays, *(_encode(m, problem) for m in masked))
+    augmented = dataclasses.replace(problem, fields=Fields(arrays, structure))
+    static = plan(problem.layouts, regions, funcs[0] is not None, frame)
+    stacked, stacks = stack_data(static, problem.layouts, regions)
+    bases = (*funcs, keep_input(problem))
+    names = [describe(region) for region in (None, *regions, frame)]
+    layer_of = dict(zip(numbers, range(len(numbers))))
+    composed: list[Callable | None] = []
+    stack_names = []
+    for owner, above in stacks:
+        layers = [
+            (layer_of[n], threshold, f, _layer_name(regions[n - 1], threshold))
+            for n in above
+            for threshold, f in enumerate(masked[layer_of[n]].funcs, start=1)
+        ]
+        composed.append(
+            None
+            if owner < 0
+            else _stacked(bases[owner], names[owner], layers, problem, writes_back)
+        )
+        stack_names.append(
+            " under ".join([names[n] for n in reversed(above)] + [names[owner]])
+        )
+    hint = (
+        " A data mask region does not count: its values are not known when the "
+        "program is built."
+    )
+    table = make_table(augmented, stacked, composed, stack_names, hint)
+    return augmented, table, (lambda out: out[0]) if writes_back else _identity
+
+
+def _layer_name(region: Region, threshold: int) -> str:
+    if isinstance(region, DataMask) and region.labels:
+        return f"label {threshold} of a label map"
+    return describe(region)
+
+
+def _masked(func: Callable | None, region: Region) -> Masked:
+    if not isinstance(func, Masked):
+        raise TypeError(
+            f"{describe(region)} needs its function entry built by "
+            f".at[mask].set(func); got {func!r}."
+        )
+    return func
+
+
+def _encode(masked: Masked, problem: Problem) -> Array:
+    """The mask as an extra field: labels clipped to `0..len(funcs)`, in a
+    dtype the padding's fill value fits (the padding is never read)."""
+    data, shape = masked.data, problem.fields.shape
+    if data.shape != shape:
+        raise ValueError(
+            f"a data mask or label map must have the input's shape {shape}; got "
+            f"{data.shape}."
+        )
+    values = jnp.asarray(data)
+    if values.dtype != jnp.bool_:
+        values = jnp.clip(values, 0, len(masked.funcs))
+    cval = problem.cval
+    if problem.boundary != "constant" or isinstance(cval, (bool, int)):
+        dtype = jnp.int32
+    elif isinstance(cval, float):
+        dtype = jnp.int32 if cval.is_integer() else jnp.float32
+    else:
+        dtype = jnp.complex64
+    return values.astype(dtype)
+
+
+def _stacked(
+    base: Callable,
+    name: str,
+    layers: Sequence[tuple[int, int, Callable, str]],
+    problem: Problem,
+    writes_back: bool,
+) -> Callable:
+    """The function of one stack: `base` (named `name`), or layer
+    `(mask, threshold, f, name)`'s `f` where the mask's value at the anchor is
+    at least `threshold` (later layers winning), called on the augmented
+    windows `(inputs, masks)`."""
+    relative, structure = problem.index.relative, problem.fields.structure
+    anchor = tuple(0 if relative else layout.anchor for layout in problem.layouts)
+    candidates = [base, *(layer[2] for layer in layers)]
+    names = [name, *(layer[3] for layer in layers)]
+
+    def stacked(windows: tuple[PyTree, tuple], *args: Any, **kwargs: Any) -> PyTree:
+        inputs, masks = windows
+        if not layers:
+            out = base(inputs, *args, **kwargs)
+        else:
+            which = jnp.zeros((), jnp.int32)
+            for number, (mask, threshold, _, _) in enumerate(layers, start=1):
+                picked = jnp.real(masks[mask][anchor]) >= threshold
+                which = jnp.where(picked, number, which)
+            values = [
+                f(_guarded(inputs, which == i, structure), *args, **kwargs)
+                for i, f in enumerate(candidates)
+            ]
+            out = _select(which, values, names)
+        if writes_back:
+            return out, tuple(mask[anchor] for mask in masks)
+        return out
+
+    return stacked
+
+
+def _guarded(inputs: PyTree, picked: Array, structure: PyTreeDef) -> PyTree:  # pyright: ignore[reportInvalidTypeForm]
+    """The windows, with no gradient at the positions where not `picked`."""
+
+    def guard(value: Any) -> Array:
+        return jnp.where(picked, value, lax.stop_gradient(value))
+
+    def window(w: Any) -> Any:
+        if isinstance(w, TapProxy):
+            lookup = w._lookup  # pyright: ignore[reportPrivateUsage]
+            return TapProxy(w._index, lambda tap: guard(lookup(tap)))  # pyright: ignore[reportPrivateUsage]
+        return Window(guard(w.array), w._index)  # pyright: ignore[reportPrivateUsage]
+
+    return structure.unflatten([window(w) for w in structure.flatten_up_to(inputs)])
+
+
+def _select(which: Array, values: Sequence[PyTree], names: Sequence[str]) -> PyTree:
+    """Per position, the value of candidate `which` (dtypes promoted)."""
+    leaves, structure = jtu.tree_flatten(values[0])
+    shapes = [jnp.shape(leaf) for leaf in leaves]
+    groups = [leaves]
+    for value, name in zip(values[1:], names[1:]):
+        found, found_structure = jtu.tree_flatten(value)
+        found_shapes = [jnp.shape(leaf) for leaf in found]
+        if found_structure != structure or found_shapes != shapes:
+            raise ValueError(
+                f"the functions of {names[0]} and {name} return different output "
+                f"shapes per position: {shapes} (structure {structure}) and "
+                f"{found_shapes} (structure {found_structure}); every function of "
+                "a stencil must return the same shape."
+            )
+        groups.append(found)
+    out = []
+    for group in zip(*groups):
+        dtype = jnp.result_type(*group)
+        cases = [jnp.asarray(leaf, dtype) for leaf in group]
+        out.append(lax.select_n(jnp.broadcast_to(which, cases[0].shape), *cases))
+    return structure.unflatten(out)
