@@ -45,6 +45,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jax import lax
 from jax.core import Tracer
+from jax.sharding import AxisType
 from jaxtyping import Array, PyTree, PyTreeDef
 
 from ._lower import Fields, Problem, Table, keep_input, make_table, resolve_table
@@ -217,7 +218,17 @@ def _encode(masked: Masked, problem: Problem) -> Array:
         dtype = jnp.int32 if cval.is_integer() else jnp.float32
     else:
         dtype = jnp.complex64
-    return values.astype(dtype)
+    return _sharded_like(values.astype(dtype), problem.fields.arrays[0])
+
+
+def _sharded_like(values: Array, field: Array) -> Array:
+    """`values` resharded like `field` when that is split over Explicit mesh
+    axes (the sharded path needs every field split alike)."""
+    sharding = jax.typeof(field).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or AxisType.Explicit not in getattr(mesh, "axis_types", ()):
+        return values
+    return jax.sharding.reshard(values, sharding.spec)
 
 
 def _stacked(
