@@ -223,12 +223,13 @@ def _window_lowering(
     guard: Guard,
 ) -> PyTree[Array]:
     index, layouts, structure = problem.index, problem.layouts, problem.fields.structure
-    wrap = index.relative or index.named_axis is not None
     dynamic, static = eqx.partition((problem.args, problem.kwargs), eqx.is_array)
 
     def call(arrays: Sequence[Array], dynamic: Any) -> PyTree:
+        # Every window is a `Window`, so that every key goes through the
+        # window's index rules (raw JAX indexing would clamp `w[5]`).
         args, kwargs = eqx.combine(dynamic, static)
-        windows = [Window(a, index) for a in arrays] if wrap else arrays
+        windows = [Window(a, index) for a in arrays]
         out = func(structure.unflatten(windows), *args, **kwargs)
         return unwrap_windows(out)
 

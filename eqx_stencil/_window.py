@@ -3,16 +3,22 @@
 - `TapProxy` (shift lowering): integer indexing `x[i, j]` looks a tap up;
   any other use raises `NeedsWindow`, the private signal that makes the planner
   fall back to the window lowering.
-- `Window` (window lowering with relative or named indexing): the whole window
-  with the package's key rules. It is a pytree over the window array, so `jnp`
-  functions (`jnp.max(w)`), arithmetic, methods (`w.sum()`, `w.shape`) and
-  `jnp.asarray(w)` / `w.array` see the window in natural order (index 0 = first
-  tap).
+- `Window` (window lowering): the whole window with the package's key rules
+  (absolute, relative or named; a key outside the window raises `IndexError`).
+  Every other use sees the window array in natural order (index 0 = first
+  tap), exactly as a plain array would: iteration, unpacking, `reversed`,
+  `in`, `len`, comparisons and arithmetic (also with NumPy arrays and Python
+  scalars), `jnp` functions (`jnp.max(w)`), methods and attributes (`w.sum()`,
+  `w.T`, `w.shape`), `np.asarray(w)` / `jnp.asarray(w)` / `w.array`. It is a
+  pytree over the window array, so `jax.vmap`, `lax.scan` and `jax.tree.map`
+  accept it; once such a transform changes the array's shape, the result is
+  indexed as a plain array. `lax` functions do not accept it (JAX no longer
+  converts objects there): pass `jnp.asarray(w)`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax.tree_util as jtu
@@ -21,8 +27,12 @@ from jaxtyping import Array
 from ._indexing import WindowIndex
 
 
-class NeedsWindow(Exception):
-    """Private signal: the function uses its window as a whole."""
+class NeedsWindow(BaseException):
+    """Private signal: the function uses its window as a whole.
+
+    A `BaseException`, so that a user's `except Exception:` cannot swallow it
+    and let the shift lowering compute something else than the function.
+    """
 
 
 def _needs_window(*_: Any, **__: Any) -> Any:
@@ -31,8 +41,12 @@ def _needs_window(*_: Any, **__: Any) -> Any:
 
 _OPERATORS = (
     "add radd sub rsub mul rmul truediv rtruediv floordiv rfloordiv mod rmod pow rpow "
-    "matmul rmatmul and rand or ror xor rxor lshift rlshift rshift rrshift lt le gt ge "
-    "neg pos abs invert"
+    "matmul rmatmul and rand or ror xor rxor lshift rlshift rshift rrshift divmod "
+    "rdivmod lt le gt ge eq ne neg pos abs invert"
+).split()
+# Every other protocol a user may touch, by the method Python or NumPy calls.
+_PROTOCOLS = (
+    "iter contains len bool float int complex index round format array setitem"
 ).split()
 
 
@@ -40,6 +54,7 @@ class TapProxy:
     """Stand-in for the window during the shift lowering."""
 
     __slots__ = ("_index", "_lookup")
+    __array_priority__ = 100  # NumPy defers `np_array * proxy` to the proxy
 
     def __init__(
         self, index: WindowIndex, lookup: Callable[[tuple[int, ...]], Any]
@@ -52,8 +67,8 @@ class TapProxy:
             taps = self._index.resolve(key)
         except TypeError:
             raise NeedsWindow from None
-        if len(taps) != len(self._index.kernel) or any(
-            isinstance(tap, slice) for tap in taps
+        if len(taps) != len(self._index.kernel) or not all(
+            type(tap) is int for tap in taps
         ):
             raise NeedsWindow
         return self._lookup(taps)  # pyright: ignore[reportArgumentType]
@@ -61,54 +76,80 @@ class TapProxy:
     def __getattr__(self, name: str) -> Any:
         raise NeedsWindow
 
-    __jax_array__ = __array__ = __iter__ = __len__ = __bool__ = _needs_window
-    __float__ = __int__ = __complex__ = __index__ = __eq__ = __ne__ = _needs_window
-    __hash__ = None  # pyright: ignore[reportAssignmentType]
+    __reversed__ = _needs_window
 
+    @property
+    def __jax_array__(self) -> Any:  # even probing it is whole-window use
+        raise NeedsWindow
 
-def _install_operators(cls: type, make: Callable[[str], Callable[..., Any]]) -> None:
-    for name in _OPERATORS:
-        setattr(cls, f"__{name}__", make(name))
-
-
-_install_operators(TapProxy, lambda name: _needs_window)
+    __hash__ = _needs_window  # pyright: ignore[reportAssignmentType]
 
 
 class Window:
-    """The window array with relative / named-axis indexing."""
+    """The window array with the package's indexing rules."""
 
     __slots__ = ("array", "_index")
+    __array_priority__ = 100  # NumPy defers `np_array * window` to the window
+    __hash__ = None  # pyright: ignore[reportAssignmentType]  # like an array
 
     def __init__(self, array: Array, index: WindowIndex) -> None:
         self.array = array
         self._index = index
 
+    def _key(self, key: Any) -> Any:
+        if getattr(self.array, "shape", None) != self._index.kernel:
+            return key  # reshaped by a transform (`vmap`, `scan`): a plain array
+        return self._index.resolve(key)
+
     def __getitem__(self, key: Any) -> Array:
-        return self.array[self._index.resolve(key)]
+        return self.array[self._key(key)]
+
+    @property
+    def at(self) -> _WindowAt:
+        """`w.at[key].set(...)` etc. with the window's key rules."""
+        return _WindowAt(self)
 
     def __jax_array__(self) -> Array:
         return self.array
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.array, name)
+    def __reversed__(self) -> Any:  # concrete JAX arrays have no __reversed__
+        return reversed(self.array)
 
-    def __len__(self) -> int:
-        return len(self.array)
+    def __getattr__(self, name: str) -> Any:
+        if name in Window.__slots__:  # not set yet (copy, unpickling)
+            raise AttributeError(name)
+        return getattr(self.array, name)
 
     def __repr__(self) -> str:
         return f"Window({self.array!r})"
 
 
+class _WindowAt:
+    __slots__ = ("_window",)
+
+    def __init__(self, window: Window) -> None:
+        self._window = window
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._window.array.at[self._window._key(key)]
+
+
+def _install(cls: type, names: Sequence[str], make: Callable[[str], Any]) -> None:
+    for name in names:
+        setattr(cls, f"__{name}__", make(name))
+
+
 def _forward(name: str) -> Callable[..., Any]:
     method = f"__{name}__"
 
-    def forwarded(self: Window, *args: Any) -> Any:
-        return getattr(self.array, method)(*args)
+    def forwarded(self: Window, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.array, method)(*args, **kwargs)
 
     return forwarded
 
 
-_install_operators(Window, _forward)
+_install(TapProxy, _OPERATORS + _PROTOCOLS, lambda name: _needs_window)
+_install(Window, _OPERATORS + _PROTOCOLS, _forward)
 jtu.register_pytree_node(
     Window,
     lambda window: ((window.array,), window._index),

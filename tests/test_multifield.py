@@ -45,7 +45,7 @@ def mixing_function(taps, weights):
     shift lowering)."""
 
     def func(w):
-        tanh = jnp.tanh if isinstance(w["a"], jax.Array) else np.tanh
+        tanh = np.tanh if isinstance(w["a"], np.ndarray) else jnp.tanh
         first = sum(weight * w[f][t] for (f, t), weight in zip(taps, weights))
         second = w["a"][taps[0][1]] * w["c"][taps[-1][1]]
         return {
@@ -59,14 +59,14 @@ def mixing_function(taps, weights):
 def whole_window_function(w):
     """Whole-window use of every field (the unrolled window lowering)."""
     sum_, max_ = (
-        (jnp.sum, jnp.max) if isinstance(w["a"], jax.Array) else (np.sum, np.max)
+        (np.sum, np.max) if isinstance(w["a"], np.ndarray) else (jnp.sum, jnp.max)
     )
     return sum_(w["a"] * w["b"]) + max_(w["c"])
 
 
 def sorting_function(w):
     """Uses `sort`, which has no plane rule: the `vmap` window lowering."""
-    sort = jnp.sort if isinstance(w["a"], jax.Array) else np.sort
+    sort = np.sort if isinstance(w["a"], np.ndarray) else jnp.sort
     return sort((w["a"] + w["b"]).reshape(-1))[0] * w["c"].reshape(-1)[-1]
 
 
