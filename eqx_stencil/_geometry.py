@@ -27,7 +27,7 @@ Offset = int | tuple[tuple[int, int], ...]
 Cval = bool | int | float | complex
 
 # The forms the constructors accept (NumPy scalars, lists).
-IntLike = int | np.integer
+IntLike = int | np.integer | jax.Array  # a JAX int: concrete, 0-d
 IntsLike = IntLike | Sequence[IntLike]
 PaddingLike = IntLike | str | Sequence[IntLike | str | Sequence[IntLike]]
 OffsetLike = IntLike | Sequence[IntLike | Sequence[IntLike]]
@@ -96,7 +96,7 @@ def check_bool(name: str, value: Any) -> bool:
 
 def normalize_cval(cval: Any) -> Cval:
     """`cval` as a Python number: a number, NumPy scalar or concrete 0-d array."""
-    if isinstance(cval, (bool, int, float, complex)):
+    if type(cval) in (bool, int, float, complex):  # not NumPy's subclasses
         return cval
     accepted = (
         "cval must be a number (the fill value of boundary='constant'): a Python or "
@@ -197,12 +197,18 @@ def normalize_named_axis(
         )
     pairs = []
     for dim, name in named_axis.items():
-        if not is_int(dim) or operator.index(dim) < 0:
+        if not is_int(dim) or not isinstance(name, str):
             raise TypeError(
+                "named_axis must map non-negative ints (dims) to identifiers such "
+                f"as 'i' or 'n'; got the entry {dim!r}: {name!r} in "
+                f"named_axis={named_axis!r}."
+            )
+        if operator.index(dim) < 0:
+            raise ValueError(
                 f"named_axis keys must be non-negative ints (dims); got {dim!r} in "
                 f"named_axis={named_axis!r}."
             )
-        if not isinstance(name, str) or not name.isidentifier():
+        if not name.isidentifier():
             raise ValueError(
                 "named_axis values must be identifiers such as 'i' or 'n'; got "
                 f"{name!r} in named_axis={named_axis!r}."

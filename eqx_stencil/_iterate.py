@@ -9,14 +9,19 @@ from typing import Any, TypeVar
 import jax
 from jax import lax
 
-from ._geometry import is_int
+from ._geometry import IntLike, is_int
 
 
 State = TypeVar("State")
 
 
 def _check_count(value: Any, name: str, minimum: int) -> int:
-    if not is_int(value) or operator.index(value) < minimum:
+    if not is_int(value):
+        raise TypeError(
+            f"{name} must be an int >= {minimum}; got {value!r} of type "
+            f"{type(value).__name__}."
+        )
+    if operator.index(value) < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
     return operator.index(value)
 
@@ -30,9 +35,9 @@ def _steps(step: Callable[[State], State], state: State, count: int) -> State:
 def iterate(
     step: Callable[[State], State],
     init: State,
-    num_steps: int,
+    num_steps: IntLike,
     *,
-    checkpoint_every: int | None = None,
+    checkpoint_every: IntLike | None = None,
 ) -> State:
     """Apply `step` `num_steps` times (a `lax.scan`), optionally checkpointed.
 
@@ -78,6 +83,11 @@ def iterate(
     jax.grad(loss)(0.2)
     ```
     """
+    if not callable(step):
+        raise TypeError(
+            "step must be callable (a function from the state to the next state); "
+            f"got {step!r} of type {type(step).__name__}."
+        )
     num_steps = _check_count(num_steps, "num_steps", 0)
     if checkpoint_every is None:
         return _steps(step, init, num_steps)

@@ -28,6 +28,7 @@ from ._geometry import (
     BoolLike,
     Cval,
     Geometry,
+    IntLike,
     IntOrTuple,
     IntsLike,
     Offset,
@@ -35,6 +36,7 @@ from ._geometry import (
     Padding,
     PaddingLike,
     check_bool,
+    is_int,
     normalize_boundary,
     normalize_cval,
     normalize_ints,
@@ -71,8 +73,8 @@ def _check_regions(regions: Any) -> tuple[Callable, ...]:
 def _is_region(key: Any) -> bool:
     def entry(item: Any) -> bool:
         if isinstance(item, tuple):  # a slice's (start, stop, step)
-            return len(item) == 3 and all(b is None or type(b) is int for b in item)
-        return item is Ellipsis or type(item) is int
+            return len(item) == 3 and all(b is None or is_int(b) for b in item)
+        return item is Ellipsis or is_int(item)
 
     return isinstance(key, (Mask, DataMask)) or (
         isinstance(key, tuple) and all(entry(item) for item in key)
@@ -502,7 +504,7 @@ def kmap(
     padding: PaddingLike = 0,
     dilation: IntsLike = 1,
     relative: BoolLike = False,
-    named_axis: dict[int, str] | None = None,
+    named_axis: dict[IntLike, str] | None = None,
     boundary: str = "constant",
     cval: ScalarLike = 0,
     sharding: NamedSharding | None = None,
@@ -576,7 +578,7 @@ def smap(
     strides: IntsLike = 1,
     offset: OffsetLike = 0,
     relative: BoolLike = False,
-    named_axis: dict[int, str] | None = None,
+    named_axis: dict[IntLike, str] | None = None,
     boundary: str = "constant",
     cval: ScalarLike = 0,
     sharding: NamedSharding | None = None,
@@ -633,7 +635,7 @@ def kscan(
     padding: PaddingLike = 0,
     dilation: IntsLike = 1,
     relative: BoolLike = False,
-    named_axis: dict[int, str] | None = None,
+    named_axis: dict[IntLike, str] | None = None,
     boundary: str = "constant",
     cval: ScalarLike = 0,
     reverse: BoolLike = False,
@@ -692,7 +694,7 @@ def sscan(
     strides: IntsLike = 1,
     offset: OffsetLike = 0,
     relative: BoolLike = False,
-    named_axis: dict[int, str] | None = None,
+    named_axis: dict[IntLike, str] | None = None,
     boundary: str = "constant",
     cval: ScalarLike = 0,
     reverse: BoolLike = False,

@@ -27,7 +27,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from ._geometry import BoolLike, IntsLike, OffsetLike, PaddingLike
+from ._geometry import BoolLike, IntLike, IntsLike, OffsetLike, PaddingLike
 from ._stencil import (
     Stencil,
     kmap as _kmap,
@@ -119,7 +119,7 @@ class kmap(_FunctionMesh):
         strides: IntsLike = 1,
         padding: PaddingLike = 0,
         relative: BoolLike = False,
-        named_axis: dict[int, str] | None = None,
+        named_axis: dict[IntLike, str] | None = None,
         map_kind: str = "vmap",
         map_kwargs: dict | None = None,
     ) -> None:
@@ -164,7 +164,7 @@ class smap(_FunctionMesh):
         strides: IntsLike = 1,
         offset: OffsetLike = 0,
         relative: BoolLike = False,
-        named_axis: dict[int, str] | None = None,
+        named_axis: dict[IntLike, str] | None = None,
         map_kind: str = "vmap",
         map_kwargs: dict | None = None,
     ) -> None:
@@ -220,7 +220,7 @@ class kscan(_FunctionMesh):
         strides: IntsLike = 1,
         padding: PaddingLike = 0,
         relative: BoolLike = False,
-        named_axis: dict[int, str] | None = None,
+        named_axis: dict[IntLike, str] | None = None,
         scan_kind: str = "scan",
         scan_kwargs: dict | None = None,
     ) -> None:
@@ -266,7 +266,7 @@ class sscan(_FunctionMesh):
         strides: IntsLike = 1,
         offset: OffsetLike = 0,
         relative: BoolLike = False,
-        named_axis: dict[int, str] | None = None,
+        named_axis: dict[IntLike, str] | None = None,
         scan_kind: str = "scan",
         scan_kwargs: dict | None = None,
     ) -> None:
