@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import jax
 from jax import lax
 
+from ._deep_halo import deep_halo_block
 from ._geometry import IntLike, is_int
 
 
@@ -38,6 +39,7 @@ def iterate(
     num_steps: IntLike,
     *,
     checkpoint_every: IntLike | None = None,
+    halo_every: IntLike | None = None,
 ) -> State:
     """Apply `step` `num_steps` times (a `lax.scan`), optionally checkpointed.
 
@@ -58,6 +60,13 @@ def iterate(
     - `num_steps`: how many times to apply `step`, an int >= 0.
     - `checkpoint_every`: `None` (no checkpointing) or the block length, an
       int >= 1.
+    - `halo_every`: `None`, or `k` (an int >= 1) for deep halos: when the state
+      is sharded on Explicit mesh axes and `step` applies stencils to it, each
+      shard receives a halo `k` times as deep once every `k` steps and runs the
+      `k` steps on its extended block without communication. The result is
+      unchanged. The step's stencils must keep the grid (stride 1, output
+      shape = input shape) and have no regions; `checkpoint_every` must then
+      be a multiple of `k`.
 
     **Returns:**
 
@@ -89,9 +98,34 @@ def iterate(
             f"got {step!r} of type {type(step).__name__}."
         )
     num_steps = _check_count(num_steps, "num_steps", 0)
+    if halo_every is not None:
+        every = _check_count(halo_every, "halo_every", 1)
+        return _deep_halos(step, init, num_steps, every, checkpoint_every)
     if checkpoint_every is None:
         return _steps(step, init, num_steps)
     every = _check_count(checkpoint_every, "checkpoint_every", 1)
     blocks, rest = divmod(num_steps, every)
     block = jax.checkpoint(lambda state: _steps(step, state, every))
     return _steps(step, _steps(block, init, blocks), rest)
+
+
+def _deep_halos(
+    step: Callable[[State], State],
+    init: State,
+    num_steps: int,
+    every: int,
+    checkpoint_every: Any,
+) -> State:
+    """`iterate` in blocks of `every` steps, one deep halo exchange each."""
+    if checkpoint_every is not None:
+        checkpoint_every = _check_count(checkpoint_every, "checkpoint_every", 1)
+        if checkpoint_every % every:
+            raise ValueError(
+                f"checkpoint_every={checkpoint_every} must be a multiple of "
+                f"halo_every={every} (a checkpointed block holds whole exchanges)."
+            )
+        checkpoint_every //= every
+    blocks, rest = divmod(num_steps, every)
+    block = deep_halo_block(step, init, every)
+    state = iterate(block, init, blocks, checkpoint_every=checkpoint_every)
+    return deep_halo_block(step, init, rest)(state) if rest else state

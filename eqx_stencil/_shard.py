@@ -16,9 +16,11 @@ several, `lax.switch` on the shard's mesh position picks its program.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -90,9 +92,54 @@ def _entries(spec: PartitionSpec, ndim: int, where: str) -> Entries:
     return tuple(entries)
 
 
+@dataclasses.dataclass(frozen=True)
+class Application:
+    """One sharded stencil application, as recorded for deep halos: its
+    sharded dims (with the halo depths of one application), whether it maps
+    the input's grid onto itself (stride 1, same shape) and runs one function
+    everywhere (no regions or offset box, so it commutes with shifts), and its
+    boundary mode."""
+
+    sharded: Sharded
+    dims: tuple[ShardedDim, ...]
+    uniform: bool
+    boundary: str
+
+
+_RECORDED: contextvars.ContextVar[list[Application] | None] = contextvars.ContextVar(
+    "eqx_stencil_recorded", default=None
+)
+_LOCAL: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "eqx_stencil_local", default=False
+)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Application]]:
+    """Record the sharded stencil applications traced within."""
+    found: list[Application] = []
+    token = _RECORDED.set(found)
+    try:
+        yield found
+    finally:
+        _RECORDED.reset(token)
+
+
+@contextlib.contextmanager
+def local() -> Iterator[None]:
+    """Within, stencils run on the local block: already inside a shard_map."""
+    token = _LOCAL.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL.reset(token)
+
+
 def find_sharding(sharding: NamedSharding | None, fields: Fields) -> Sharded | None:
     """How to run on `fields`: on `sharding` if given, else on the Explicit
     mesh axes their types carry; `None`: the single-device path."""
+    if _LOCAL.get():
+        return None
     ndim = len(fields.shape)
     if sharding is not None:
         entries = _entries(sharding.spec, ndim, "sharding")
@@ -273,6 +320,15 @@ def run_sharded(
     if reverse is not None:
         _check_scan(table, problem.layouts, dims, reverse)
     tables, which = _shard_tables(table, layouts, dims)
+    recorded = _RECORDED.get()
+    if recorded is not None:
+        same_grid = all(
+            lay.stride == 1 and lay.out == lay.size for lay in problem.layouts
+        )
+        one_func = set(np.unique(table.plan.owners).tolist()) == {0}
+        recorded.append(
+            Application(sharded, dims, same_grid and one_func, problem.boundary)
+        )
     structure = problem.fields.structure
     arrays = problem.fields.arrays
     if sharded.constrain is not None:

@@ -167,3 +167,35 @@ def test_bad_input(results: dict, name: str, error: str, words: list[str]) -> No
     assert entry.get("raised") == error, entry
     for word in words:
         assert word in entry["message"]
+
+
+@pytest.mark.parametrize("mode", ["wrap", "constant", "reflect"])
+def test_deep_halos(results: dict, mode: str) -> None:
+    # 12 steps, one exchange every 4: the loop body holds the only 4 messages
+    entry = result(results, f"deep_halo_{mode}")
+    assert entry["err"] <= 1e-6
+    assert entry["counts"] == {"collective-permute": 4, **NO_GATHER}
+    assert entry["out_spec"] == ["P('x', 'y')"]
+
+
+def test_deep_halo_gradient(results: dict) -> None:
+    entry = result(results, "deep_halo_gradient")
+    assert entry["err"] <= 1e-4
+    assert entry["counts"]["all-gather"] == 0
+    assert entry["counts"]["all-to-all"] == 0
+    # one exchange per 5 steps forward, its transpose backward
+    assert entry["counts"]["collective-permute"] <= 8
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("deep_halo_too_deep", ["halo_every=9", "halo of 9", "8 rows", "('x',)"]),
+        ("deep_halo_unsharded", ["halo_every", "Explicit mesh axes"]),
+    ],
+)
+def test_deep_halo_bad_input(results: dict, name: str, words: list[str]) -> None:
+    entry = results[name]
+    assert entry.get("raised") == "ValueError", entry
+    for word in words:
+        assert word in entry["message"]

@@ -29,6 +29,10 @@ import numpy as np  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import eqx_stencil as es  # noqa: E402
+from eqx_stencil._hlo import (  # noqa: E402
+    collective_permute_bytes as permute_bytes,
+    count_collectives,
+)
 
 
 jax.config.update("jax_enable_x64", False)
@@ -38,7 +42,6 @@ AUTO = jax.make_mesh((4, 2), ("x", "y"), axis_types=(AxisType.Auto,) * 2)
 CUBE = jax.make_mesh((2, 2, 2), ("x", "y", "z"))
 ONE = jax.make_mesh((1, 1), ("x", "y"))
 XY = P("x", "y")
-COLLECTIVES = ("collective-permute", "all-gather", "all-to-all", "all-reduce")
 
 CASES: dict[str, Callable[[], dict]] = {}
 
@@ -69,22 +72,6 @@ def _computations(hlo: str) -> dict[str, list[str]]:
         elif current is not None:
             found[current].append(line)
     return found
-
-
-def counts(hlo: str) -> dict[str, int]:
-    out = {}
-    for name in COLLECTIVES:
-        out[name] = len(re.findall(rf"\s{name}(?:-start)?\(", hlo))
-    return out
-
-
-def permute_bytes(hlo: str) -> int:
-    sizes = {"f32": 4, "f64": 8, "bf16": 2, "f16": 2, "s32": 4}
-    total = 0
-    for match in re.finditer(r"=\s*(\w+)\[([\d,]*)\][^=]*?\scollective-permute\(", hlo):
-        dims = [int(d) for d in match.group(2).split(",") if d]
-        total += sizes[match.group(1)] * int(np.prod(dims))
-    return total
 
 
 def interior_check(hlo: str, marker: str, min_elements: int) -> dict:
@@ -145,6 +132,14 @@ def interior_check(hlo: str, marker: str, min_elements: int) -> dict:
 
 
 # --- helpers ---------------------------------------------------------------
+
+
+def counts(hlo: str) -> dict[str, int]:
+    found = count_collectives(hlo)
+    return {name: found[name] for name in COUNTED}
+
+
+COUNTED = ("collective-permute", "all-gather", "all-to-all", "all-reduce")
 
 
 def rel_err(a: Any, b: Any) -> float:
@@ -538,6 +533,72 @@ def solver_gradients() -> dict:
         "counts": counts(hlo),
         "grad_spec": spec_of(got_grad[1]),
     }
+
+
+def _deep(mode: str, num_steps: int, every: int | None, kappa: Any, u0: Any) -> Any:
+    heat = es.kmap(
+        lambda u, k: u[0, 0] + k * lap9(u),
+        kernel_size=3,
+        padding="same",
+        relative=True,
+        boundary=mode,
+        cval=0.25,
+    )
+    return es.iterate(lambda u: heat(u, kappa), u0, num_steps, halo_every=every)
+
+
+for _mode in ("wrap", "constant", "reflect"):
+
+    def _deep_case(mode: str = _mode) -> dict:
+        """12 steps with one exchange every 4 (wrap also 10: a remainder block)."""
+        u0 = jax.random.normal(jax.random.key(5), (32, 16))
+        ref = jax.jit(lambda u: _deep(mode, 12, None, 0.1, u))(u0)
+        with jax.set_mesh(MESH):
+            us = on_mesh(u0, XY)
+            program = jax.jit(lambda u: _deep(mode, 12, 4, 0.1, u)).lower(us).compile()
+            out = program(us)
+            err = rel_err(out, ref)
+            if mode == "wrap":
+                ref10 = jax.jit(lambda u: _deep(mode, 10, None, 0.1, u))(u0)
+                out10 = jax.jit(lambda u: _deep(mode, 10, 4, 0.1, u))(us)
+                err = max(err, rel_err(out10, ref10))
+            hlo = program.as_text()
+        return {"err": err, "counts": counts(hlo), "out_spec": spec_of(out)}
+
+    _deep_case.__name__ = f"deep_halo_{_mode}"
+    case(_deep_case)
+
+
+@case
+def deep_halo_gradient() -> dict:
+    u0 = jax.random.normal(jax.random.key(6), (32, 16))
+
+    def loss(k: Any, u: Any, every: int | None) -> Any:
+        return jnp.sum(_deep("wrap", 10, every, k, u) ** 2)
+
+    grad = jax.grad(loss, argnums=(0, 1))
+    ref = jax.jit(lambda k, u: grad(k, u, None))(0.1, u0)
+    with jax.set_mesh(MESH):
+        program = jax.jit(lambda k, u: grad(k, u, 5)).lower(0.1, on_mesh(u0, XY))
+        program = program.compile()
+        got = program(0.1, on_mesh(u0, XY))
+        hlo = program.as_text()
+    return {"err": rel_err(got, ref), "counts": counts(hlo)}
+
+
+@case
+def deep_halo_too_deep() -> dict:
+    u0 = jax.random.normal(jax.random.key(6), (32, 16))
+    with jax.set_mesh(MESH):
+        return {
+            "out": str(jax.jit(lambda u: _deep("wrap", 20, 9, 0.1, u))(on_mesh(u0, XY)))
+        }
+
+
+@case
+def deep_halo_unsharded() -> dict:
+    u0 = jax.random.normal(jax.random.key(6), (32, 16))
+    return {"out": str(_deep("wrap", 4, 2, 0.1, u0))}
 
 
 def main(names: list[str]) -> None:
