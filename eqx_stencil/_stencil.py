@@ -248,9 +248,9 @@ class Stencil(eqx.Module):
             return dataclasses.replace(self, func=array)
         if self.func is not None and _is_function(array):
             raise TypeError(
-                f"a stencil is applied to arrays; got the function {array!r}, but "
-                "this stencil already has one. To change it use "
-                "dataclasses.replace(stencil, func=new_func)."
+                "a stencil is applied to arrays, but got a callable holding no array "
+                f"(of type {type(array).__name__}) and this stencil already has a "
+                "function: to change it use dataclasses.replace(stencil, func=f)."
             )
 
         def apply() -> PyTree[Array]:
@@ -366,11 +366,11 @@ def _check_anchors_in_input(problem: Problem) -> None:
         position = tuple(o if d == dim else 0 for d in range(len(problem.layouts)))
         coordinate = first + o * layout.stride
         raise ValueError(
-            f"output position {position} has its window's anchor in the padding "
+            f"output position {position} is covered by no region and the stencil "
+            "has no default function: its window's anchor lies in the padding "
             f"(input coordinate {coordinate} in dim {dim}, input length "
-            f"{layout.size}), where no region index reaches, and the stencil has no "
-            "default function: give one (es.kmap(func, ...)) for the positions "
-            "whose anchor lies in the padding, or use less padding."
+            f"{layout.size}), where no region index reaches. Give a default "
+            "function (es.kmap(func, ...)), or use less padding."
         )
 
 

@@ -246,7 +246,9 @@ def test_decorator_form_needs_no_function_yet():
     plain = es.kmap(kernel_size=1)(lambda u: 2 * u[0])
     assert isinstance(plain, es.Map)
     np.testing.assert_array_equal(plain(X), 2 * X)
-    with pytest.raises(TypeError, match=r"already has one[\s\S]*dataclasses.replace"):
+    with pytest.raises(
+        TypeError, match=r"already has a function[\s\S]*dataclasses.replace"
+    ):
         plain(lambda u: u[0])
 
 
