@@ -57,6 +57,7 @@ _REDUCTIONS: dict[str, Callable[[Array, Array], Array]] = {
     "reduce_xor": lax.bitwise_xor,
 }
 _ROUNDING_REDUCTIONS = frozenset({"reduce_sum", "reduce_prod"})
+_CHOOSERS = frozenset({"reduce_max", "reduce_min"})
 # Calls inlined (evaluated equation by equation): `jit` is semantically the
 # identity unless it carries shardings, layouts or compiler options.
 _INLINED = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr"}
@@ -102,6 +103,25 @@ def _bind(eqn: Any, values: Sequence[Any]) -> list:
     with eqn.ctx.manager:
         out = eqn.primitive.bind(*values, **params)
     return list(out) if eqn.primitive.multiple_results else [out]
+
+
+@ft.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _choose(op: Callable[[Array, Array], Array], *planes: Array) -> Array:
+    """`reduce_max`/`reduce_min` of planes, with `reduce_max`'s derivative: the
+    tangent is averaged over the tied maxima (a fold of pairwise `max` would
+    split it unevenly)."""
+    return ft.reduce(op, planes)
+
+
+@_choose.defjvp
+def _choose_jvp(
+    op: Callable[[Array, Array], Array], planes: tuple, tangents: tuple
+) -> tuple[Array, Array]:
+    chosen = _choose(op, *planes)
+    dtype = tangents[0].dtype
+    hits = [lax.convert_element_type(lax.eq(p, chosen), dtype) for p in planes]
+    total = ft.reduce(lax.add, map(lax.mul, tangents, hits))
+    return chosen, lax.div(total, ft.reduce(lax.add, hits))
 
 
 def _narrow_float(dtype: Any) -> bool:
@@ -274,12 +294,19 @@ class _Interpreter:
                 name in _ROUNDING_REDUCTIONS and _narrow_float(eqn.invars[0].aval.dtype)
             ) or not all(first.shape[axis] for axis in axes):
                 raise _Unsupported(name)
+            op = _REDUCTIONS[name]
+            if name in _CHOOSERS and jnp.issubdtype(
+                eqn.invars[0].aval.dtype, jnp.inexact
+            ):
+                fold = lambda planes: _choose(op, *planes)  # noqa: E731
+            else:
+                fold = ft.partial(ft.reduce, op)
             keep = [axis for axis in range(first.ndim) if axis not in axes]
             moved = np.transpose(first, keep + list(axes))
             moved = moved.reshape(moved.shape[: len(keep)] + (-1,))
             out = np.empty(moved.shape[:-1], dtype=object)
             for index in np.ndindex(*out.shape):
-                out[index] = ft.reduce(_REDUCTIONS[name], moved[index])
+                out[index] = fold(moved[index])
             return [out]
         if name == "broadcast_in_dim":
             shape, dims = params["shape"], params["broadcast_dimensions"]
