@@ -52,9 +52,7 @@ def _flat(size: int) -> DimLayout:
 
 def _along(shape: Sequence[int], axis: int, span: tuple[int, int]) -> list:
     """The box covering `shape`, but `span` along `axis`."""
-    box = [(0, n) for n in shape]
-    box[axis] = span
-    return box
+    return _replace([(0, n) for n in shape], axis, span)
 
 
 def extended_shape(
@@ -96,6 +94,7 @@ def piece(
 
 
 def _replace(box: Sequence[tuple[int, int]], axis: int, span: tuple[int, int]) -> list:
+    """`box` with `span` along `axis`."""
     box = list(box)
     box[axis] = span
     return box

@@ -120,6 +120,7 @@ def test_output_keeps_sharding(results: dict) -> None:
     assert result(results, "patches")["out_spec"] == ["P('x', 'y', None, None)"]
     assert result(results, "replicated_dim")["out_spec"] == ["P('x', None)"]
     assert result(results, "kscan_unswept")["out_spec"] == ["P(None, 'y')"]
+    assert result(results, "explicit_resharded")["out_spec"] == ["P('x', None)"]
 
 
 def test_auto_mesh_with_sharding_keyword(results: dict) -> None:
@@ -131,13 +132,26 @@ def test_auto_mesh_with_sharding_keyword(results: dict) -> None:
     assert entry["partitioner_counts"]["collective-permute"] > 4
 
 
+def test_sharding_keyword_reshards_explicit_input(results: dict) -> None:
+    entry = result(results, "explicit_resharded")
+    assert entry["err"] <= 1e-6
+    # the one gather is the requested reshard (P('x', 'y') -> P('x', None))
+    assert entry["counts"] == {
+        "collective-permute": 2,
+        "all-gather": 1,
+        "all-to-all": 0,
+        "all-reduce": 0,
+    }
+
+
 def test_one_device_mesh_has_no_collectives(results: dict) -> None:
     entry = result(results, "one_device_mesh")
     assert entry["counts"] == {"collective-permute": 0, **NO_GATHER}
 
 
-def test_interior_does_not_wait_for_the_halo(results: dict) -> None:
-    entry = result(results, "interior_independent")
+@pytest.mark.parametrize("mode", ["wrap", "constant"])
+def test_interior_does_not_wait_for_the_halo(results: dict, mode: str) -> None:
+    entry = result(results, f"interior_independent_{mode}")
     assert entry["independent"] >= 1  # the interior fusion reads no halo
     assert entry["dependent"] >= 1  # the strips do (the check can see it)
     assert entry["counts"]["collective-permute"] == 4

@@ -483,19 +483,30 @@ def one_device_mesh() -> dict:
     return compare(lap5("edge"), X, P("x", "y"), ONE)
 
 
+for _mode in ("wrap", "constant"):
+
+    def _interior_case(mode: str = _mode) -> dict:
+        stencil = es.kmap(
+            lambda u: jnp.sin(u[1, 0] + u[-1, 0] + u[0, 1] + u[0, -1] - 4 * u[0, 0]),
+            kernel_size=3,
+            padding="same",
+            relative=True,
+            boundary=mode,
+        )
+        x = jax.random.normal(jax.random.key(3), (128, 64))
+        with jax.set_mesh(MESH):
+            hlo = compiled(stencil, on_mesh(x, P("x", "y")))
+        return {**interior_check(hlo, "sine", 30 * 30), "counts": counts(hlo)}
+
+    _interior_case.__name__ = f"interior_independent_{_mode}"
+    case(_interior_case)
+
+
 @case
-def interior_independent() -> dict:
-    stencil = es.kmap(
-        lambda u: jnp.sin(u[1, 0] + u[-1, 0] + u[0, 1] + u[0, -1] - 4 * u[0, 0]),
-        kernel_size=3,
-        padding="same",
-        relative=True,
-        boundary="wrap",
-    )
-    x = jax.random.normal(jax.random.key(3), (128, 64))
-    with jax.set_mesh(MESH):
-        hlo = compiled(stencil, on_mesh(x, P("x", "y")))
-    return {**interior_check(hlo, "sine", 30 * 30), "counts": counts(hlo)}
+def explicit_resharded() -> dict:
+    """sharding= on an input sharded otherwise: the stencil's sharding wins."""
+    stencil = lap5("edge", sharding=NamedSharding(MESH, P("x", None)))
+    return compare(stencil, X)
 
 
 def _solver(k: Any, u0: Any) -> Any:
