@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from . import (
     patches,
     pooling,
     scan,
+    sharding,
     solver,
 )
 from ._plot import plot
@@ -67,7 +69,10 @@ CASES: dict[str, Case] = {
     "nn-avgpool": runtime(lambda: nn.avgpool_case(16, 128)),
     "nn-blur": runtime(lambda: nn.depthwise_case("blur", 16, 128)),
     "nn-finite-difference": runtime(lambda: nn.depthwise_case("fd", 16, 128)),
+    "sharding": sharding.run,
 }
+# Environment a case needs before JAX starts (its own process sets it).
+CASE_ENV: dict[str, dict[str, str]] = {"sharding": sharding.ENV}
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -123,7 +128,8 @@ def run_isolated(name: str, quick: bool) -> list[Table]:
         path = Path(folder) / "tables.json"
         command = [sys.executable, "-m", "benchmarks", "--in-process", "--case", name]
         command += ["--tables-json", str(path)] + (["--quick"] if quick else [])
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        env = {**os.environ, **CASE_ENV.get(name, {})}
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
         return from_json(json.loads(path.read_text()))
 
 
