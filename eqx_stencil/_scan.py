@@ -105,8 +105,10 @@ def sweep(problem: Problem, table: Table, reverse: bool) -> PyTree[Array]:
         branches = [lambda w, i, b=b: b(w, i) for b in blocks]
         return lax.switch(pattern, branches, work, lead_index)
 
-    counters = np.arange(math.prod(lead), dtype=np.int32)
-    pattern_ids = np.asarray(pattern_ids, np.int32)
+    # JAX's default int (int64 under x64), the type of the Python ints they
+    # meet in the window and write indices.
+    counters = np.arange(math.prod(lead), dtype=jnp.int_)
+    pattern_ids = np.asarray(pattern_ids, jnp.int_)
     # Runs of steps owned alike each get a scan of their own; with many runs,
     # one scan switches between the patterns.
     changes = np.flatnonzero(np.diff(pattern_ids)) + 1

@@ -8,6 +8,7 @@ is read. Any plan the library picks must reproduce it exactly.
 
 import itertools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,7 +58,7 @@ def tap_function(taps, weights, bias):
         total = bias
         for tap, weight in zip(taps, weights):
             total = total + weight * w[tap]
-        return jnp.tanh(total) if isinstance(w, jax.Array) else np.tanh(total)
+        return np.tanh(total) if isinstance(w, np.ndarray) else jnp.tanh(total)
 
     return func
 
@@ -305,3 +306,141 @@ def test_kernex_scan_kwargs_reverse():
     )
     with pytest.raises(ValueError, match="scan_kwargs"):
         kernex.kscan(kernel_size=(3,), scan_kwargs={"unroll": 2})
+
+
+# --------------------------------------------------------------------------
+# Extra arguments reach every function on every plan (row, cell, at once),
+# with regions, as pytrees and Modules, under vmap; and 64-bit mode.
+
+
+class Coefficients(eqx.Module):
+    a: jax.Array
+    b: jax.Array
+
+
+def _gauss_seidel(u, c, *, shift):
+    return c["w"] * (u[-1] + u[1]) + shift
+
+
+def _explicit(u, c, *, shift):
+    return c.a * u[-1, 0] + c.b * u[-1, 1] + shift  # reads the previous row only
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_kscan_arguments_on_the_cell_plan_with_regions(reverse):
+    x = np.random.default_rng(0).normal(size=7).astype(np.float32)
+    c, shift = {"w": jnp.float32(0.5)}, 0.25
+    stencil = (
+        es.kscan(
+            _gauss_seidel, kernel_size=3, padding=1, relative=True, reverse=reverse
+        )
+        .at[2:4]
+        .set(lambda u, c, *, shift: -u[0] - shift)
+    )
+    actual = stencil(x, c, shift=shift)
+    expected = reference_kscan(
+        [lambda w: 0.5 * (w[0] + w[2]) + shift, lambda w: -w[1] - shift],
+        x, kernel_size=3, padding=1, reverse=reverse, regions=[slice(2, 4)],
+    )  # fmt: skip
+    assert scan_axes([(-1,), (1,)], 1, reverse) == 1  # the cell-by-cell plan
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_kscan_module_argument_on_the_row_plan_and_under_vmap():
+    x = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)
+    stencil = es.kscan(
+        _explicit, kernel_size=(3, 2), padding=((1, 1), (0, 1)), relative=True
+    )
+    c = Coefficients(jnp.float32(0.5), jnp.float32(-0.25))
+    expected = reference_kscan(
+        [lambda w: 0.5 * w[0, 0] - 0.25 * w[0, 1] + 1.0],
+        x, kernel_size=(3, 2), padding=((1, 1), (0, 1)),
+    )  # fmt: skip
+    np.testing.assert_allclose(stencil(x, c, shift=1.0), expected, rtol=1e-5, atol=1e-6)
+    batched = jax.vmap(lambda c: stencil(x, c, shift=1.0))(
+        Coefficients(jnp.array([0.5, 0.0]), jnp.array([-0.25, 0.0]))
+    )
+    np.testing.assert_allclose(batched[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batched[1][1:], 1.0)
+
+
+def test_sscan_arguments_with_regions_and_gradient():
+    x = jnp.arange(1.0, 8.0)
+    stencil = (
+        es.sscan(lambda u, k: k * u[-1] + u[0], kernel_size=3, relative=True, offset=1)
+        .at[4:]
+        .set(lambda u, k: u[0] - k)
+    )
+    expected = np.arange(1.0, 8.0)
+    for i in range(1, 6):  # offset 1: positions 1..5, in order
+        expected[i] = (
+            2.0 * expected[i - 1] + expected[i] if i < 4 else expected[i] - 2.0
+        )
+    np.testing.assert_allclose(stencil(x, 2.0), expected)
+    check_grads(lambda k: stencil(x, k), (2.0,), order=1, modes=["rev"], rtol=1e-2)
+
+
+X64_SCRIPT = """
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+import numpy as np
+import eqx_stencil as es
+
+cumsum = es.kscan(lambda x: x[-1] + x[0], kernel_size=3, padding=1, relative=True)
+np.testing.assert_array_equal(cumsum(jnp.ones(5)), [1, 2, 3, 4, 5])
+rows = es.kscan(lambda u, k: k * u[-1, 0], kernel_size=(3, 1), padding=((1, 1), (0, 0)),
+                relative=True)
+out = rows(jnp.ones((4, 3)), 2.0)
+assert out.dtype == jnp.float64, out.dtype
+np.testing.assert_array_equal(out[:, 0], [0, 0, 0, 0])
+gs = es.sscan(lambda u: (u[-1, 0] + u[0, -1] + u[1, 0] + u[0, 1]) / 4, kernel_size=3,
+              relative=True, offset=1, reverse=True)
+assert gs(jnp.ones((4, 4), jnp.int64) * 4).dtype == jnp.int64
+print("ok")
+"""
+
+
+def test_kscan_and_sscan_plans_in_64_bit_mode():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", X64_SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_kernex_3d_diffusion_sscan_with_arguments():
+    """The kernex README's diffusion `sscan`, with `nu, dt, dx, dy` passed at
+    the call (through `eqx_stencil.kernex`)."""
+    import eqx_stencil.kernex as kernex
+
+    nt, nx, ny = 10, 8, 7
+    nu, dt, dx, dy = 0.5, 0.05, 0.5, 0.4
+    u0 = np.zeros((nt, nx, ny), np.float32)
+    u0[0, 3:5, 2:5] = 2.0
+
+    @kernex.sscan(
+        kernel_size=(3, 3, 3),
+        offset=((1, 0), (1, 1), (1, 1)),
+        relative=True,
+        named_axis={0: "n", 1: "i", 2: "j"},
+    )
+    def diffusion(u, nu, dt, dx, dy):
+        return u["n-1", "i", "j"] + nu * dt * (
+            (u["n-1", "i+1", "j"] - 2 * u["n-1", "i", "j"] + u["n-1", "i-1", "j"])
+            / dx**2
+            + (u["n-1", "i", "j+1"] - 2 * u["n-1", "i", "j"] + u["n-1", "i", "j-1"])
+            / dy**2
+        )
+
+    expected = u0.copy()
+    for n in range(1, nt):
+        p = expected[n - 1]
+        expected[n, 1:-1, 1:-1] = p[1:-1, 1:-1] + nu * dt * (
+            (p[2:, 1:-1] - 2 * p[1:-1, 1:-1] + p[:-2, 1:-1]) / dx**2
+            + (p[1:-1, 2:] - 2 * p[1:-1, 1:-1] + p[1:-1, :-2]) / dy**2
+        )
+    actual = diffusion(jnp.asarray(u0), nu, dt, dx, dy)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
