@@ -18,15 +18,17 @@ boundary strips read the halos.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
-from jaxtyping import Array
+from jaxtyping import Array, PyTree
 
 from ._boundary import padded_box
 from ._geometry import Cval, DimLayout
-from ._lower import Problem
+from ._lower import Problem, Taps
+from ._regions import Box
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +156,21 @@ class HaloProblem(Problem):
 
     halos: tuple[Halos, ...] = ()
     dims: tuple[ShardedDim, ...] = ()
+    # A box every shard computes alike, computed once: (box, function, value).
+    known: tuple[Box, Callable, PyTree[Array]] | None = None
+
+    def evaluate(
+        self,
+        func: Callable,
+        box: Box,
+        taps: Taps | None,
+        mask: np.ndarray | None = None,
+    ) -> PyTree[Array]:
+        if self.known is not None and mask is None:
+            known_box, known_func, value = self.known
+            if known_box == box and known_func is func:
+                return value
+        return super().evaluate(func, box, taps, mask)
 
     def padded(self, box: Sequence[tuple[int, int]]) -> list[Array]:
         sharded = {dim.axis: dim for dim in self.dims}

@@ -34,7 +34,7 @@ from jaxtyping import Array, PyTree
 from ._geometry import DimLayout, out_shape
 from ._halo import HaloProblem, ShardedDim, exchange
 from ._lower import Fields, Problem, Table
-from ._regions import Plan, _outer_and
+from ._regions import Box, Plan, _outer_and, decompose
 from ._scan import _deltas, scan_axes
 
 
@@ -299,6 +299,26 @@ def _shard_tables(
     return tables, which
 
 
+def _shared_interior(
+    tables: Sequence[Table], layouts: Sequence[DimLayout]
+) -> tuple[Box, int] | None:
+    """The local interior box and its owner, when every shard's tiling has it
+    as one tile of the same function (regions only near the shards' edges,
+    e.g. boundary conditions): it is then computed before the shards' programs
+    part, from the block alone."""
+    box = tuple(layout.interior for layout in layouts)
+    if any(a >= b for a, b in box):
+        return None
+    owners = set()
+    for table in tables:
+        tiled = decompose(table.plan)
+        found = [] if tiled is None else [o for b, o in tiled[0] if b == box]
+        if len(found) != 1:
+            return None
+        owners.add(found[0])
+    return (box, owners.pop()) if len(owners) == 1 else None
+
+
 def _constrain(array: Array, sharding: NamedSharding) -> Array:
     explicit = any(kind == AxisType.Explicit for kind in sharding.mesh.axis_types)
     if explicit:
@@ -352,6 +372,12 @@ def run_sharded(
         )
         if len(tables) == 1:
             return run(local, tables[0])
+        shared = _shared_interior(tables, layouts)
+        if shared is not None:  # outside the switch, so it needs no halo
+            box, owner = shared
+            func, taps = tables[0].funcs[owner], tables[0].taps[owner]
+            value = local.evaluate(func, box, taps)
+            local = dataclasses.replace(local, known=(box, func, value))
         position = tuple(lax.axis_index(dim.names) for dim in dims)
         branches = [lambda t=t: run(local, t) for t in tables]
         return lax.switch(jnp.asarray(which)[position], branches)

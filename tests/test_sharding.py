@@ -213,3 +213,11 @@ def test_deep_halo_bad_input(results: dict, name: str, words: list[str]) -> None
     assert entry.get("raised") == "ValueError", entry
     for word in words:
         assert word in entry["message"]
+
+
+def test_shared_interior_computed_outside_the_shard_programs(results: dict) -> None:
+    entry = result(results, "interior_independent_regions")
+    assert entry["err"] <= 1e-6
+    assert entry["counts"] == {"collective-permute": 4, **NO_GATHER}
+    assert entry["conditionals"] == 1  # the edge shards' programs differ
+    assert entry["independent"] >= 1  # but the interior is outside, halo-free

@@ -503,6 +503,32 @@ for _mode in ("wrap", "constant"):
 
 
 @case
+def interior_independent_regions() -> dict:
+    """Boundary conditions as regions: the edge shards run programs of their
+    own, but the interior they share is computed before the switch."""
+    stencil = (
+        es.kmap(
+            lambda u: jnp.sin(u[1, 0] + u[-1, 0] + u[0, 1] + u[0, -1] - 4 * u[0, 0]),
+            kernel_size=3,
+            padding="same",
+            relative=True,
+        )
+        .at[0]
+        .set(lambda u: u[0, 0] * 2.0)
+        .at[:, -1]
+        .set(lambda u: u[0, 0] - u[0, -1])
+    )
+    x = jax.random.normal(jax.random.key(3), (128, 64))
+    with jax.set_mesh(MESH):
+        hlo = compiled(stencil, on_mesh(x, P("x", "y")))
+    return {
+        **compare(stencil, x),
+        **interior_check(hlo, "sine", 30 * 30),
+        "conditionals": hlo.count(" conditional("),
+    }
+
+
+@case
 def explicit_resharded() -> dict:
     """sharding= on an input sharded otherwise: the stencil's sharding wins."""
     stencil = lap5("edge", sharding=NamedSharding(MESH, P("x", None)))
