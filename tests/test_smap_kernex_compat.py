@@ -198,3 +198,56 @@ def test_kernex_mesh_under_filter_jit():
     expected = np.asarray(x).copy()
     expected[1:-1] = np.asarray(x[:-2] - 2 * x[1:-1] + x[2:])
     np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Extra arguments: positional, keyword, pytrees and Modules, with regions and
+# under vmap, against the reference (the function closing over the values).
+
+
+class Scale(eqx.Module):
+    factor: jax.Array
+
+
+@settings(max_examples=25, deadline=None)
+@given(config=smap_configs(), seed=st.integers(0, 2**16))
+def test_smap_with_extra_arguments_matches_reference(config, seed):
+    shape, kernel, offset, strides, relative, taps = config
+    x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+    def func(get, k, c, scale):
+        return k * get(*taps[0]) - c["b"] * get(*taps[1]) * scale.factor
+
+    stencil = es.smap(
+        lambda w, k, c, *, scale: func(lambda *key: w[key], k, c, scale),
+        kernel_size=kernel,
+        strides=strides,
+        offset=offset,
+        relative=relative,
+    )
+    c, scale = {"b": jnp.float32(0.5)}, Scale(jnp.float32(3.0))
+    actual = stencil(x, 2.0, c, scale=scale)
+    expected = reference_smap(
+        lambda get: func(get, 2.0, {"b": 0.5}, Scale(3.0)),  # pyright: ignore
+        x, kernel, strides, offset, relative,
+    )  # fmt: skip
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_smap_issue_repro_and_arguments_with_regions_under_vmap():
+    x = jnp.array([1.0, 2, 3, 4])
+    F = es.smap(lambda u, k: k * u[0], kernel_size=3, offset=1, relative=True)
+    np.testing.assert_array_equal(F(x, 2.0), [1, 4, 6, 4])
+    G = F.at[2].set(lambda u, k: -k * u[1])
+    np.testing.assert_array_equal(G(x, k=2.0), [1, 4, -8, 4])
+    batched = jax.vmap(G, in_axes=(None, 0))(x, jnp.array([1.0, 3.0]))
+    np.testing.assert_array_equal(batched, [[1, 2, -4, 4], [1, 6, -12, 4]])
+    grad = jax.grad(lambda k: jnp.sum(G(x, k)))(2.0)
+    np.testing.assert_allclose(grad, 2.0 - 4.0)
+
+
+def test_kernex_smap_mesh_with_arguments():
+    F = kernex.smap(kernel_size=(3,), relative=True, offset=1)
+    F[1] = lambda u, k: k * u[-1]
+    F[2:] = lambda u, k: k * u[1]
+    np.testing.assert_array_equal(F(jnp.arange(1.0, 6.0), 10.0), [1, 10, 40, 50, 5])
