@@ -109,7 +109,7 @@ def deep_halo_block(
     for position in _positions(dims):
         which[position] = kinds.index(tuple(s[i] for s, i in zip(sides, position)))
 
-    def run(blocks: tuple[Array, ...], halos: list, kind: tuple) -> tuple[Array, ...]:
+    def run(blocks: tuple[Array, ...], halos: tuple, kind: tuple) -> tuple[Array, ...]:
         extended = []
         for block, halo in zip(blocks, halos):
             box = [(0, n) for n in block.shape]
@@ -128,7 +128,7 @@ def deep_halo_block(
         return tuple(out)
 
     def body(blocks: tuple[Array, ...]) -> tuple[Array, ...]:
-        halos = [exchange(b, dims, "wrap" if wrap else "constant", 0) for b in blocks]
+        halos = exchange(blocks, dims, "wrap" if wrap else "constant", 0)
         if len(kinds) == 1:
             return run(blocks, halos, kinds[0])
         position = tuple(lax.axis_index(dim.names) for dim in dims)

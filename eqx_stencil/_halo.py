@@ -113,39 +113,59 @@ def _edge_rows(
     return padded_box(rows, layouts, _along(rows.shape, axis, span), boundary, cval)
 
 
+def _permute(arrays: list[Array], names: tuple[str, ...], perm: list) -> list[Array]:
+    """`lax.ppermute` of several arrays, one message per dtype."""
+    out: list[Array] = list(arrays)
+    dtypes = {array.dtype for array in arrays}
+    for dtype in sorted(dtypes, key=str):
+        group = [i for i, array in enumerate(arrays) if array.dtype == dtype]
+        sent = lax.ppermute(jnp.stack([arrays[i] for i in group]), names, perm)
+        for j, i in enumerate(group):
+            out[i] = sent[j]
+    return out
+
+
 def exchange(
-    block: Array, dims: Sequence[ShardedDim], boundary: str, cval: Cval
-) -> Halos:
-    """Every sharded dim's halos of one field's block, exchanged in turn."""
-    halos: list[tuple[Array, Array]] = []
+    blocks: Sequence[Array], dims: Sequence[ShardedDim], boundary: str, cval: Cval
+) -> tuple[Halos, ...]:
+    """Every sharded dim's halos of every field's block, exchanged in turn:
+    per dim and direction one message carries every field (of one dtype)."""
+    halos: list[list[tuple[Array, Array]]] = [[] for _ in blocks]
+    ring = boundary == "wrap"
     for level, dim in enumerate(dims):
         axis, count = dim.axis, dim.count
-        n = block.shape[axis]
+        n = blocks[0].shape[axis]
 
-        def rows(span: tuple[int, int], level: int = level, axis: int = axis) -> Array:
+        def rows(
+            f: int, span: tuple[int, int], level: int = level, axis: int = axis
+        ) -> Array:
+            block = blocks[f]
             box = _along(extended_shape(block, dims, level), axis, span)
-            return piece(block, tuple(halos), dims, level, box)
+            return piece(block, tuple(halos[f]), dims, level, box)
 
-        ring = boundary == "wrap"
+        fields = range(len(blocks))
+        before = [rows(f, (n - dim.lo, n)) for f in fields]
+        after = [rows(f, (0, dim.hi)) for f in fields]
         forward = [(j, j + 1) for j in range(count - 1)] + [(count - 1, 0)] * ring
         backward = [(j + 1, j) for j in range(count - 1)] + [(0, count - 1)] * ring
-        before, after = rows((n - dim.lo, n)), rows((0, dim.hi))
         if dim.lo:
-            before = lax.ppermute(before, dim.names, forward)
+            before = _permute(before, dim.names, forward)
         if dim.hi:
-            after = lax.ppermute(after, dim.names, backward)
+            after = _permute(after, dim.names, backward)
         if not ring:
             index = lax.axis_index(dim.names)
-            if dim.lo:
-                edge = rows((0, min(n, dim.lo + 1)))
-                fill = _edge_rows(edge, axis, dim.lo, 0, boundary, cval)
-                before = jnp.where(index == 0, fill, before)
-            if dim.hi:
-                edge = rows((n - min(n, dim.hi + 1), n))
-                fill = _edge_rows(edge, axis, 0, dim.hi, boundary, cval)
-                after = jnp.where(index == count - 1, fill, after)
-        halos.append((before, after))
-    return tuple(halos)
+            for f in fields:
+                if dim.lo:
+                    edge = rows(f, (0, min(n, dim.lo + 1)))
+                    fill = _edge_rows(edge, axis, dim.lo, 0, boundary, cval)
+                    before[f] = jnp.where(index == 0, fill, before[f])
+                if dim.hi:
+                    edge = rows(f, (n - min(n, dim.hi + 1), n))
+                    fill = _edge_rows(edge, axis, 0, dim.hi, boundary, cval)
+                    after[f] = jnp.where(index == count - 1, fill, after[f])
+        for f in fields:
+            halos[f].append((before[f], after[f]))
+    return tuple(tuple(h) for h in halos)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -367,7 +367,7 @@ def run_sharded(
                 "args": args,
                 "kwargs": kwargs,
             },
-            halos=tuple(exchange(block, dims, boundary, cval) for block in blocks),
+            halos=exchange(blocks, dims, boundary, cval),
             dims=dims,
         )
         if len(tables) == 1:

@@ -221,3 +221,10 @@ def test_shared_interior_computed_outside_the_shard_programs(results: dict) -> N
     assert entry["counts"] == {"collective-permute": 4, **NO_GATHER}
     assert entry["conditionals"] == 1  # the edge shards' programs differ
     assert entry["independent"] >= 1  # but the interior is outside, halo-free
+
+
+def test_fields_share_messages(results: dict) -> None:
+    # two fields: still one message per sharded dim and direction, twice the halo
+    entry = result(results, "multi_field")
+    assert entry["counts"] == {"collective-permute": 4, **NO_GATHER}
+    assert entry["bytes"] == 2 * 4 * (2 * 8 + 2 * 10)
