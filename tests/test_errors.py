@@ -242,3 +242,46 @@ def test_named_axis_beyond_rank_raises_value_error():
 def test_too_many_window_indices_raises_index_error():
     stencil = es.kmap(lambda w: w[0, 0], kernel_size=3, relative=True)
     _raises_when_traced(stencil, jnp.ones(5), IndexError, r"\(0, 0\)")
+
+
+# --------------------------------------------------------------------------
+# Zero-length dims: the output is empty where the geometry allows it.
+
+
+@pytest.mark.parametrize(
+    "kind, kwargs, shape, func, expected",
+    [
+        ("kmap", dict(kernel_size=1), (0,), tap0, (0,)),
+        ("kmap", dict(kernel_size=3, padding="same"), (0,), tap0, (0,)),
+        ("kmap", dict(kernel_size=3), (0, 4), lambda w: w, (0, 2, 3, 3)),
+        ("kmap", dict(kernel_size=(1, 2), strides=2), (3, 0), tap00, (2, 0)),
+        ("kmap", dict(kernel_size=3), (0,), lambda w: {"a": w[0], "b": w}, None),
+        ("smap", dict(kernel_size=3, offset=1), (0, 3), tap00, (0, 3)),
+        ("kscan", dict(kernel_size=3, padding=1), (0,), tap0, (0,)),
+        ("sscan", dict(kernel_size=(3, 1), offset=1), (4, 0), tap00, (4, 0)),
+    ],
+)
+def test_zero_length_dims_give_empty_outputs(kind, kwargs, shape, func, expected):
+    stencil = getattr(es, kind)(func, **kwargs)
+    for apply in (stencil, jax.jit(stencil)):
+        out = apply(jnp.ones(shape, jnp.float16))
+        if expected is None:  # a pytree output: every leaf empty, shaped
+            assert out["a"].shape == (0,) and out["b"].shape == (0, 3)
+        else:
+            assert out.shape == expected and out.dtype == jnp.float16
+
+
+def test_zero_length_dim_with_padding_holding_windows():
+    """Windows wholly in the padding read the fill value, as in NumPy."""
+    stencil = es.kmap(lambda w: w, kernel_size=1, padding=2, cval=7.0)
+    np.testing.assert_array_equal(stencil(jnp.ones(0)), np.full((4, 1), 7.0))
+    edge = es.kmap(lambda w: w, kernel_size=1, padding=2, boundary="edge")
+    _raises_when_traced(
+        edge, jnp.ones(0), ValueError, r"boundary='edge'[\s\S]*length 0"
+    )
+
+
+def test_kernel_larger_than_a_non_empty_input_still_raises():
+    _raises_when_traced(
+        es.kmap(tap0, kernel_size=3), jnp.ones((2, 0)), ValueError, r"kernel_size 3"
+    )
