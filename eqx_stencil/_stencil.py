@@ -189,8 +189,9 @@ class Stencil(eqx.Module):
                 f"{len(self.region_keys)} keys for {len(self.regions)} functions "
                 "(set regions with .at[index].set(func))."
             )
-        _ = self._geometry()  # validates that tuple arguments agree in length
+        _ = self._geometry  # validates that tuple arguments agree in length
 
+    @property
     @abc.abstractmethod
     def _geometry(self) -> Geometry:
         """The window geometry, not yet tied to an array's rank."""
@@ -268,7 +269,7 @@ class Stencil(eqx.Module):
                 "by decorating, es.kmap(kernel_size=...)(func), or per region with "
                 ".at[index].set(func)."
             )
-        layouts = self._geometry().layout(fields.shape)
+        layouts = self._geometry.layout(fields.shape)
         index = self._window_index(tuple(layout.kernel for layout in layouts))
         problem = Problem(
             fields, layouts, index, self.boundary, self.cval, args, kwargs
@@ -411,6 +412,7 @@ class _Windowed(Stencil):
         static=True, default=1, converter=ft.partial(normalize_ints, "dilation")
     )
 
+    @property
     def _geometry(self) -> Geometry:
         return Geometry(self.kernel_size, self.strides, self.padding, self.dilation)
 
@@ -424,6 +426,7 @@ class _ShapePreserving(Stencil):
 
     offset: Offset = eqx.field(static=True, default=0, converter=normalize_offset)
 
+    @property
     def _geometry(self) -> Geometry:
         return Geometry(self.kernel_size, 1, "same", 1)
 
