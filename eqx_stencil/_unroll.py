@@ -75,6 +75,7 @@ _KNOWN_PARAMS: dict[str, frozenset[str]] = {
     "rev": frozenset({"dimensions"}),
     "slice": frozenset({"start_indices", "limit_indices", "strides"}),
     "concatenate": frozenset({"dimension"}),
+    "stack": frozenset({"axis"}),
     "split": frozenset({"sizes", "axis"}),
     "dot_general": frozenset(
         {"dimension_numbers", "precision", "preferred_element_type", "out_sharding"}
@@ -330,6 +331,8 @@ class _Interpreter:
             return [first[tuple(slice(*bound) for bound in bounds)]]
         if name == "concatenate":
             return [np.concatenate([first, *rest], axis=params["dimension"])]
+        if name == "stack":
+            return [np.stack([first, *rest], axis=params["axis"])]
         if name == "split":
             cuts = np.cumsum(params["sizes"])[:-1]
             return np.split(first, cuts, axis=params["axis"])
