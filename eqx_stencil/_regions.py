@@ -87,7 +87,8 @@ def normalize_region(index: Any) -> Region:
                     )
             if item.step == 0:
                 raise ValueError(f"region slice step must not be 0; got {item!r}.")
-            out.append((item.start, item.stop, item.step))
+            bounds = (item.start, item.stop, item.step)
+            out.append(tuple(None if b is None else operator.index(b) for b in bounds))
         elif is_int(item):
             out.append(operator.index(item))
         else:
