@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -63,10 +63,6 @@ class Masked(eqx.Module):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.funcs[0](*args, **kwargs)
-
-
-def _is_array(index: Any) -> bool:
-    return isinstance(index, (jax.Array, np.ndarray))
 
 
 def normalize_index(index: Any) -> Region | Array | np.ndarray:
@@ -101,9 +97,9 @@ def region_entries(
     index: Region | Array | np.ndarray, func: Any
 ) -> list[tuple[Region, Callable]]:
     """The region table entries `(key, function)` of `.at[index].set(func)`."""
-    if not _is_array(index):
+    if not isinstance(index, (jax.Array, np.ndarray)):
         return [(index, _callable(func, "func"))]
-    if index.dtype == np.bool_:
+    if isinstance(index, jax.Array) and index.dtype == jnp.bool_:
         return [(DataMask(labels=False), Masked((_callable(func, "func"),), index))]
     if not isinstance(func, tuple) or not func:
         raise TypeError(
@@ -171,7 +167,9 @@ def resolve_regions(
         composed.append(
             None
             if owner < 0
-            else _stacked(bases[owner], names[owner], layers, problem, writes_back)
+            else _stacked(
+                cast(Callable, bases[owner]), names[owner], layers, problem, writes_back
+            )
         )
         stack_names.append(
             " under ".join([names[n] for n in reversed(above)] + [names[owner]])

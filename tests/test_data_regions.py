@@ -1,0 +1,334 @@
+"""Data regions: `stencil.at[mask].set(f)` with a `jax.Array` boolean mask and
+`stencil.at[labels].set((f0, f1, ...))` label maps, against the NumPy reference.
+
+docs/concepts/regions.md, "Regions as data": a data mask selects the same
+positions as the static NumPy mask of the same values (by the input coordinate
+of each window's anchor; later regions win, static and data alike); a label map
+runs `fi` where the label is `i` and covers every position whose anchor lies in
+the input; concrete labels out of range are a `ValueError`, traced ones are
+clamped. The mask is a pytree leaf: `jit` compiles once for any mask values,
+`vmap` over masks is one program.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from jax.test_util import check_grads
+from reference import relative_func
+from region_reference import reference_regions
+
+import eqx_stencil as es
+from eqx_stencil._call import _programs
+
+
+EXAMPLES = 25
+GRID = dict(kernel_size=(3, 3), padding="same")
+HEAT = dict(GRID, relative=True)
+
+
+def interior(u):
+    return u[0, 0] + 0.1 * (u[1, 0] + u[-1, 0] + u[0, 1] + u[0, -1] - 4 * u[0, 0])
+
+
+def wall(u):
+    return 0.25 * u[0, 0]
+
+
+def corner(u):
+    return u[1, 1] - u[-1, -1]
+
+
+def _check(actual, expected):
+    actual = np.asarray(actual)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@st.composite
+def masks(draw, shape=None):
+    shape = shape or draw(st.tuples(st.integers(1, 6), st.integers(1, 6)))
+    size = shape[0] * shape[1]
+    bits = draw(st.lists(st.booleans(), min_size=size, max_size=size))
+    return np.asarray(bits, bool).reshape(shape)
+
+
+GEOMETRIES = [
+    dict(kernel_size=3, padding="same"),
+    dict(kernel_size=(3, 2), padding=((1, 1), (0, 1)), boundary="wrap"),
+    dict(kernel_size=3, strides=(2, 1), padding=1, boundary="reflect"),
+    dict(kernel_size=(2, 3), dilation=(2, 1), padding=((0, 3), "same"), cval=2.5),
+    dict(kernel_size=3),
+]
+
+
+def default(w):
+    return w[0, 0] + 2 * w[1, 1]
+
+
+def top(w):
+    return -w[0, 0]
+
+
+def masked(w):
+    return 3 * w[1, 0]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    mask=masks(),
+    geo=st.sampled_from(GEOMETRIES),
+    data_last=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_data_mask_equals_static_mask_and_reference(mask, geo, data_last, seed):
+    """A static region and the mask, in either order (later wins)."""
+    x = np.random.default_rng(seed).standard_normal(mask.shape).astype(np.float32)
+    rows = (slice(None, 2), Ellipsis)
+
+    def make(mask_index):
+        order = [(rows, top), (mask_index, masked)][:: 1 if data_last else -1]
+        stencil = es.kmap(default, relative=True, **geo)
+        for index, func in order:
+            stencil = stencil.at[index].set(func)
+        return stencil
+
+    order = [(rows, top), (mask, masked)][:: 1 if data_last else -1]
+    try:
+        expected = reference_regions(
+            relative_func(default),
+            [(index, relative_func(func)) for index, func in order],
+            x,
+            **geo,
+        )
+    except ValueError:  # the input is smaller than the window
+        return
+    _check(make(jnp.asarray(mask))(x), expected)
+    _check(make(mask)(x), expected)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    shape=st.tuples(st.integers(2, 6), st.integers(2, 6)), seed=st.integers(0, 2**16)
+)
+def test_label_map_equals_static_masks_and_reference(shape, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    labels = rng.integers(0, 3, shape)
+    funcs = (interior, wall, corner)
+    expected = reference_regions(
+        None,
+        [(labels == i, relative_func(f)) for i, f in enumerate(funcs)],
+        x,
+        kernel_size=(3, 3),
+        padding="same",
+    )
+    stencil = es.kmap(**HEAT)
+    _check(stencil.at[jnp.asarray(labels)].set(funcs)(x), expected)
+    _check(stencil.at[labels].set(funcs)(x), expected)  # NumPy: static masks
+
+
+def test_traced_labels_out_of_range_are_clamped():
+    x = jnp.arange(6.0)
+    stencil = es.kmap(kernel_size=1, relative=True)
+    funcs = (lambda w: w[0], lambda w: 10 * w[0], lambda w: 100 * w[0])
+    labels = jnp.array([-5, 0, 1, 2, 3, 99])
+    out = jax.jit(lambda lab: stencil.at[lab].set(funcs)(x))(labels)
+    _check(out, np.array([0.0, 1.0, 20.0, 300.0, 400.0, 500.0]))
+
+
+def test_concrete_labels_out_of_range_are_value_errors():
+    stencil = es.kmap(kernel_size=1, relative=True)
+    funcs = (lambda w: w[0], lambda w: -w[0])
+    for labels in (jnp.array([0, 2, 1]), np.array([0, -1, 1])):
+        with pytest.raises(ValueError, match=r"labels 0\.\.1; got labels from"):
+            stencil.at[labels].set(funcs)
+
+
+def test_later_wins_between_static_and_data_regions():
+    x = jnp.zeros((1, 6))
+    mask = jnp.array([[True, True, True, False, False, False]])
+    stencil = (
+        es.kmap(lambda w: 1.0, kernel_size=1)
+        .at[:, 1:5].set(lambda w: 2.0)
+        .at[mask].set(lambda w: 3.0)
+        .at[:, 2].set(lambda w: 4.0)
+    )  # fmt: skip
+    _check(stencil(x), np.array([[3.0, 3.0, 4.0, 2.0, 2.0, 1.0]]))
+    again = stencil.at[jnp.array([[False] * 5 + [True]])].set(lambda w: 5.0)
+    _check(again(x), np.array([[3.0, 3.0, 4.0, 2.0, 2.0, 5.0]]))
+
+
+def test_smap_offset_box_wins_over_data_regions():
+    x = jnp.arange(1.0, 7.0)
+    stencil = es.smap(lambda w: 10 * w[0], kernel_size=1, relative=True, offset=1)
+    masked = stencil.at[jnp.ones(6, bool)].set(lambda w: -w[0])
+    _check(masked(x), np.array([1.0, -2, -3, -4, -5, 6]))
+
+
+def _heat_reference(x, regions):
+    """`interior` everywhere (zero padding), then `regions` `(index, func)`."""
+    regions = [(index, relative_func(func)) for index, func in regions]
+    x = np.asarray(x)
+    return reference_regions(relative_func(interior), regions, x, **GRID)
+
+
+def _counting(stencil_of):
+    traces = []
+
+    def run(mask, x):
+        traces.append(None)
+        return stencil_of(mask)(x)
+
+    return jax.jit(run), traces
+
+
+def test_ten_masks_under_one_jit_compile_once():
+    x = jnp.ones((8, 8))
+    step = es.kmap(interior, **HEAT)
+    run, traces = _counting(lambda m: step.at[m].set(wall))
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        mask = rng.random((8, 8)) < 0.3
+        _check(run(jnp.asarray(mask), x), _heat_reference(x, [(mask, wall)]))
+    assert len(traces) == 1
+    assert run._cache_size() == 1
+
+
+def test_stencil_as_argument_compiles_once():
+    x = jnp.ones((6, 6))
+    step = es.kmap(interior, **HEAT)
+    traces = []
+
+    @eqx.filter_jit
+    def run(stencil, x):
+        traces.append(None)
+        return stencil(x)
+
+    for k in range(4):
+        run(step.at[jnp.eye(6, k=k, dtype=bool)].set(wall), x)
+        run(step.at[jnp.eye(6, k=k, dtype=int)].set((interior, wall)), x)
+    assert len(traces) == 2  # one per region kind, not per mask
+
+
+def test_eager_calls_reuse_the_program_for_new_mask_values():
+    x = jnp.ones((6, 6))
+    step = es.kmap(interior, **HEAT)
+    masks = [np.eye(6, k=k, dtype=bool) for k in range(4)]
+    expected = [np.asarray(step.at[mask].set(wall)(x)) for mask in masks]
+    step.at[jnp.asarray(masks[0])].set(wall)(x)
+    before = len(_programs)
+    for mask, values in zip(masks, expected):
+        _check(step.at[jnp.asarray(mask)].set(wall)(x), values)
+    assert len(_programs) == before
+
+
+def test_vmap_over_masks_is_one_program():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((7, 5)), jnp.float32)
+    batch = rng.random((4, 7, 5)) < 0.5
+    step = es.kmap(interior, **HEAT).at[0, :].set(corner)
+    run, traces = _counting(lambda m: step.at[m].set(wall))
+    batched = jax.vmap(run, in_axes=(0, None))(jnp.asarray(batch), x)
+    for mask, out in zip(batch, batched):
+        _check(out, _heat_reference(x, [((0, Ellipsis), corner), (mask, wall)]))
+    assert len(traces) == 1
+    labels = rng.integers(0, 3, (4, 7, 5))
+    funcs = (interior, wall, corner)
+    outs = jax.vmap(lambda lab: step.at[lab].set(funcs)(x))(jnp.asarray(labels))
+    for label, out in zip(labels, outs):
+        regions = [(label == i, f) for i, f in enumerate(funcs)]
+        _check(out, _heat_reference(x, [((0, Ellipsis), corner), *regions]))
+
+
+def test_grads_wrt_input_and_argument():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((6, 5)), jnp.float32)
+    mask = jnp.asarray(rng.random((6, 5)) < 0.5)
+    stencil = (
+        es.kmap(lambda w, k: w[0, 0] + k * w[1, 0], **HEAT)
+        .at[mask].set(lambda w, k: jnp.sin(w[0, -1]) * k)
+        .at[jnp.asarray(rng.integers(0, 2, (6, 5)))].set(
+            (lambda w, k: k * w[0, 0] ** 2, lambda w, k: w[-1, 1])
+        )
+    )  # fmt: skip
+    check_grads(jax.jit(stencil), (x, 0.7), order=1, modes=("fwd", "rev"), eps=1e-2)
+
+
+def test_unpicked_functions_give_no_nan_gradient():
+    x = jnp.asarray(np.arange(12.0).reshape(3, 4) % 3, jnp.float32)  # zeros inside
+    zero = x == 0
+    stencil = es.kmap(lambda w: jnp.sqrt(w[0, 0]), **HEAT).at[zero].set(lambda w: 0.0)
+    grad = jax.grad(lambda x: stencil(x).sum())(x)
+    expected = np.where(np.asarray(zero), 0.0, 0.5 / np.sqrt(np.maximum(x, 1e-9)))
+    _check(grad, expected)
+
+
+def test_multi_field_with_data_mask():
+    rng = np.random.default_rng(3)
+    u, v = (jnp.asarray(rng.standard_normal((5, 6)), jnp.float32) for _ in range(2))
+    mask = rng.random((5, 6)) < 0.5
+    base = es.kmap(lambda w: {"a": w["u"][0, 0], "b": w["v"][1, 0]}, **HEAT)
+    data = base.at[jnp.asarray(mask)].set(lambda w: {"a": 0.0, "b": w["u"][0, 1]})
+    static = base.at[mask].set(lambda w: {"a": 0.0, "b": w["u"][0, 1]})
+    out, expected = data({"u": u, "v": v}), static({"u": u, "v": v})
+    for key in ("a", "b"):
+        _check(out[key], np.asarray(expected[key]))
+
+
+@pytest.mark.parametrize(
+    "func",
+    [
+        lambda w: w[-1, 0] + w[0, 0],  # row by row
+        lambda w: 0.5 * (w[-1, 0] + w[0, -1]) + w[0, 0],  # cell by cell
+    ],
+    ids=["rows", "cells"],
+)
+def test_kscan_honours_data_regions(func):
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.random((6, 5)), jnp.float32)
+    mask = rng.random((6, 5)) < 0.4
+    scan = es.kscan(func, kernel_size=3, padding="same", relative=True)
+    expected = np.asarray(scan.at[mask].set(lambda w: 2 * w[0, 0])(x))
+    run = jax.jit(lambda m: scan.at[m].set(lambda w: 2 * w[0, 0])(x))
+    _check(run(jnp.asarray(mask)), expected)
+    labels = rng.integers(0, 2, (6, 5))
+    funcs = (func, lambda w: w[0, 0] - w[-1, 0])
+    _check(
+        scan.at[jnp.asarray(labels)].set(funcs)(x),
+        np.asarray(scan.at[labels].set(funcs)(x)),
+    )
+
+
+def test_iterate_with_traced_mask():
+    x = jnp.asarray(np.random.default_rng(5).random((8, 8)), jnp.float32)
+    mask = np.zeros((8, 8), bool)
+    mask[3:5, 2:6] = True
+    step = es.kmap(interior, **HEAT)
+    run = jax.jit(lambda m: es.iterate(step.at[m].set(lambda u: 1.0), x, 20))
+    expected = es.iterate(step.at[mask].set(lambda u: 1.0), x, 20)
+    _check(run(jnp.asarray(mask)), np.asarray(expected))
+
+
+def test_bad_data_regions():
+    x = jnp.ones((4, 5))
+    stencil = es.kmap(interior, **HEAT)
+    with pytest.raises(ValueError, match=r"input's shape \(4, 5\); got \(5, 4\)"):
+        stencil.at[jnp.ones((5, 4), bool)].set(wall)(x)
+    with pytest.raises(
+        TypeError, match="boolean mask or an integer label map.*float32"
+    ):
+        stencil.at[jnp.ones((4, 5))]
+    with pytest.raises(TypeError, match="tuple of functions, one per label"):
+        stencil.at[jnp.zeros((4, 5), int)].set(wall)
+    with pytest.raises(TypeError, match="func must be callable"):
+        stencil.at[jnp.ones((4, 5), bool)].set((wall,))
+    with pytest.raises(TypeError, match="func"):
+        stencil.at[jnp.zeros((4, 5), int)].set((wall, 3))
+    uncovered = es.kmap(kernel_size=1).at[jnp.ones((4, 5), bool)].set(lambda w: 0.0)
+    with pytest.raises(ValueError, match="covered by no region.*A data mask"):
+        uncovered(x)
