@@ -12,6 +12,11 @@ clamped. The mask is a pytree leaf: `jit` compiles once for any mask values,
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -332,3 +337,58 @@ def test_bad_data_regions():
     uncovered = es.kmap(kernel_size=1).at[jnp.ones((4, 5), bool)].set(lambda w: 0.0)
     with pytest.raises(ValueError, match="covered by no region.*A data mask"):
         uncovered(x)
+
+
+SHARDED = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+import eqx_stencil as es
+
+rng = np.random.default_rng(0)
+x = rng.random((16, 12)).astype(np.float32)
+mask = rng.random((16, 12)) < 0.3
+base = es.kmap(lambda w: w[1, 0] - w[0, -1], kernel_size=3, padding="same",
+               relative=True)
+top = lambda w: 5.0
+wall = lambda w: 10 * w[0, 0]
+expected = base.at[0, :].set(top).at[mask].set(wall)(jnp.asarray(x))
+out = {}
+with jax.set_mesh(jax.make_mesh((4, 2), ("x", "y"))):
+    xs = jax.device_put(x, P("x", "y"))
+    run = jax.jit(lambda x, m: base.at[0, :].set(top).at[m].set(wall)(x))
+    for name, m in (("sharded", jax.device_put(mask, P("x", "y"))),
+                    ("replicated", jnp.asarray(mask))):
+        hlo = run.lower(xs, m).compile().as_text()
+        out[name] = [float(jnp.max(jnp.abs(run(xs, m) - expected))),
+                     hlo.count("all-gather"), str(run(xs, m).sharding.spec)]
+auto = jax.make_mesh((4, 2), ("x", "y"), axis_types=(AxisType.Auto,) * 2)
+stencil = es.kmap(base.func, kernel_size=3, padding="same", relative=True,
+                  sharding=NamedSharding(auto, P("x", "y")))
+run = jax.jit(lambda x, m: stencil.at[0, :].set(top).at[m].set(wall)(x))
+hlo = run.lower(jnp.asarray(x), jnp.asarray(mask)).compile().as_text()
+out["auto"] = [float(jnp.max(jnp.abs(run(x, jnp.asarray(mask)) - expected))),
+               hlo.count("all-gather"), None]
+print(json.dumps(out))
+"""
+
+
+def test_sharded_data_mask_equals_single_device():
+    """On a 4x2 mesh of simulated devices: the mask (sharded like the input or
+    not) gives the single-device result, with no all-gather."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    done = subprocess.run(
+        [sys.executable, "-c", SHARDED],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (error, gathers, spec) in results.items():
+        assert error <= 1e-6, name
+        assert gathers == 0, name
+        assert spec in (None, "P('x', 'y')"), (name, spec)
