@@ -13,6 +13,7 @@ at every step.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -64,7 +65,7 @@ def _reach(
                 f"halo_every: the step's stencils mix boundary='wrap' with other "
                 f"modes along the sharded dim {dim.axis}; use one kind per dim."
             )
-        dims.append(ShardedDim(dim.axis, dim.names, dim.count, lo * count, hi * count))
+        dims.append(dataclasses.replace(dim, lo=lo * count, hi=hi * count))
     return tuple(dims)
 
 

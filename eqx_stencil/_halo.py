@@ -34,13 +34,16 @@ from ._regions import Box
 @dataclasses.dataclass(frozen=True)
 class ShardedDim:
     """An array dim split over mesh axes `names` into `count` blocks; each
-    shard reads `lo` rows before its block and `hi` rows after it."""
+    shard reads `lo` rows before its block and `hi` rows after it. `order[i]`
+    is block `i`'s index in `lax.ppermute` over `names` (which counts the
+    names in the mesh's order, whatever their order in the spec)."""
 
     axis: int
     names: tuple[str, ...]
     count: int
     lo: int
     hi: int
+    order: tuple[int, ...]
 
 
 # Per sharded dim (in exchange order), the rows before and after the block.
@@ -147,7 +150,8 @@ def exchange(
         before = [rows(f, (n - dim.lo, n)) for f in fields]
         after = [rows(f, (0, dim.hi)) for f in fields]
         forward = [(j, j + 1) for j in range(count - 1)] + [(count - 1, 0)] * ring
-        backward = [(j + 1, j) for j in range(count - 1)] + [(0, count - 1)] * ring
+        forward = [(dim.order[a], dim.order[b]) for a, b in forward]
+        backward = [(b, a) for a, b in forward]
         if dim.lo:
             before = _permute(before, dim.names, forward)
         if dim.hi:

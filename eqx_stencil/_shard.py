@@ -175,6 +175,21 @@ def find_sharding(sharding: NamedSharding | None, fields: Fields) -> Sharded | N
     return None if mesh is None else Sharded(mesh, entries, None)
 
 
+def _permute_order(mesh: Any, names: tuple[str, ...]) -> tuple[int, ...]:
+    """For each block along a dim split over `names` (in the spec's order),
+    its index in `lax.ppermute` over `names` (in the mesh's order)."""
+    sizes = [mesh.shape[name] for name in names]
+    ranked = sorted(range(len(names)), key=lambda i: mesh.axis_names.index(names[i]))
+    order = []
+    for block in range(math.prod(sizes)):
+        index = np.unravel_index(block, sizes)
+        ranked_index = tuple(int(index[i]) for i in ranked)
+        order.append(
+            int(np.ravel_multi_index(ranked_index, [sizes[i] for i in ranked]))
+        )
+    return tuple(order)
+
+
 def _check_split(
     sharded: Sharded, layouts: Sequence[DimLayout], boundary: str
 ) -> tuple[tuple[ShardedDim, ...], tuple[DimLayout, ...]]:
@@ -210,7 +225,8 @@ def _check_split(
                 + (", and reflect needs one row more" if boundary == "reflect" else "")
                 + f"); {sharded.describe()}. Use fewer shards along this dim."
             )
-        dims.append(ShardedDim(axis, names, count, max(lo, 0), max(hi, 0)))
+        order = _permute_order(sharded.mesh, names)
+        dims.append(ShardedDim(axis, names, count, max(lo, 0), max(hi, 0), order))
         local[axis] = dataclasses.replace(layout, size=block, hi=hi)
     return tuple(dims), tuple(local)
 

@@ -96,6 +96,7 @@ def test_pooling_needs_no_collectives(results: dict, name: str) -> None:
         "kscan_unswept",
         "sscan_unswept",
         "replicated_dim",
+        "two_mesh_axes_one_dim",
         "one_device_mesh",
     ],
 )

@@ -454,6 +454,19 @@ def bad_sharding_type() -> dict:
 
 
 @case
+def two_mesh_axes_one_dim() -> dict:
+    """One dim split over both mesh axes, named against the mesh's order."""
+    stencil = es.kmap(
+        lambda u: u[-1, 0] - 2 * u[0, 0] + u[1, 1],
+        kernel_size=3,
+        padding="same",
+        relative=True,
+        boundary="wrap",
+    )
+    return compare(stencil, X, P(("y", "x"), None))
+
+
+@case
 def replicated_dim() -> dict:
     """Sharded along dim 0 only on the 2-D mesh (output replicated over y)."""
     return compare(lap5("reflect"), X, P("x", None))
