@@ -20,6 +20,7 @@ from pathlib import Path
 from . import (
     compile_time,
     conv,
+    data_regions,
     first_call,
     heat,
     laplacian,
@@ -55,6 +56,7 @@ CASES: dict[str, Case] = {
     "patches": runtime(patches.case),
     "heat": runtime(heat.case),
     "heat-grad": heat.run_grad,
+    "data-regions": data_regions.run,
     "solver-grad": solver.run,
     "linear-convection": runtime(scan.convection_case),
     "gauss-seidel": runtime(scan.gauss_seidel_case),

@@ -198,8 +198,9 @@ def _masked(func: Callable | None, region: Region) -> Masked:
 
 
 def _encode(masked: Masked, problem: Problem) -> Array:
-    """The mask as an extra field: labels clipped to `0..len(funcs)`, in a
-    dtype the padding's fill value fits (the padding is never read)."""
+    """The mask as an extra field: a boolean mask as is, labels (or a mask
+    whose padding's fill value is not a bool) clipped to `0..len(funcs)` in a
+    dtype the fill value fits (the padding is never read)."""
     data, shape = masked.data, problem.fields.shape
     if data.shape != shape:
         raise ValueError(
@@ -207,15 +208,21 @@ def _encode(masked: Masked, problem: Problem) -> Array:
             f"{data.shape}."
         )
     values = jnp.asarray(data)
-    if values.dtype != jnp.bool_:
-        values = jnp.clip(values, 0, len(masked.funcs))
-    cval = problem.cval
-    if problem.boundary != "constant" or isinstance(cval, (bool, int)):
-        dtype = jnp.int32
-    elif isinstance(cval, float):
-        dtype = jnp.int32 if cval.is_integer() else jnp.float32
+    cval = problem.cval if problem.boundary == "constant" else 0
+    if values.dtype == jnp.bool_ and cval in (0, 1):
+        dtype = jnp.bool_
     else:
-        dtype = jnp.complex64
+        if values.dtype == jnp.bool_:
+            values = values.astype(jnp.int32)
+        values = jnp.clip(values, 0, len(masked.funcs))
+        if isinstance(cval, (bool, int)) or (
+            isinstance(cval, float) and cval.is_integer()
+        ):
+            dtype = jnp.int32
+        elif isinstance(cval, float):
+            dtype = jnp.float32
+        else:
+            dtype = jnp.complex64
     return _sharded_like(values.astype(dtype), problem.fields.arrays[0])
 
 
@@ -252,7 +259,10 @@ def _stacked(
         else:
             which = jnp.zeros((), jnp.int32)
             for number, (mask, threshold, _, _) in enumerate(layers, start=1):
-                picked = jnp.real(masks[mask][anchor]) >= threshold
+                value = masks[mask][anchor]
+                picked = (
+                    value if value.dtype == jnp.bool_ else jnp.real(value) >= threshold
+                )
                 which = jnp.where(picked, number, which)
             values = [
                 f(_guarded(inputs, which == i, structure), *args, **kwargs)
