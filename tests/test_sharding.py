@@ -89,6 +89,7 @@ def test_pooling_needs_no_collectives(results: dict, name: str) -> None:
         "patches",
         "regions_slices",
         "regions_mask",
+        "data_region",
         "region_one_shard",
         "multi_field",
         "extra_args",

@@ -351,6 +351,13 @@ def regions_mask() -> dict:
 
 
 @case
+def data_region() -> dict:
+    """A region given by a jax.Array mask (a hidden field, split like the input)."""
+    mask = jax.random.uniform(jax.random.key(7), X.shape) > 0.5
+    return compare(lap5("edge").at[mask].set(lambda u: u[0, 0] * 3.0), X)
+
+
+@case
 def region_one_shard() -> dict:
     """A region inside one shard: the other shards run a program without it."""
     stencil = lap5().at[1:3, 1:3].set(lambda u: jnp.cos(u[0, 0]))
