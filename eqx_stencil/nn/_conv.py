@@ -27,7 +27,7 @@ import functools as ft
 import math
 import operator
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -64,7 +64,7 @@ def _last_dim_taps(
     rank = x.ndim
     head = (0,) * (rank - 1)
 
-    def taps(window: Array) -> tuple[Array, ...]:
+    def taps(window: Any) -> tuple[Array, ...]:
         return tuple(window[head + (j,)] for j in range(k))
 
     ones = (1,) * (rank - 1)
@@ -92,7 +92,7 @@ def _shifted_sum(
     them, each read at its tap's offset: shape `(G, 1, O_g, m_1, .., m_N)`."""
     offsets = list(np.ndindex(*kernel))
 
-    def shifted_sum(window: Array) -> Array:
+    def shifted_sum(window: Any) -> Array:
         planes = [window[(0, t, 0, *tap, 0)] for t, tap in enumerate(offsets)]
         return ft.reduce(operator.add, planes)
 

@@ -229,7 +229,7 @@ class FiniteDifference(eqx.Module):
         return _apply_taps(x, self.weight, PADDING_MODES[self.padding_mode])
 
 
-def _correlate(window: Array, weight: Array) -> Array:
+def _correlate(window: Any, weight: Array) -> Array:
     return jnp.sum(window * weight)
 
 
