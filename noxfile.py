@@ -14,10 +14,14 @@ PYTHON = "3.11"
 
 CPU = {"JAX_PLATFORMS": "cpu"}
 # Two workers, each running whole test files (a file's tests share the
-# programs JAX compiled for it); a fixed hypothesis seed makes CI reproducible
-# (plain `pytest` draws fresh examples every run). conftest.py prints one line
-# per finished file; the ten slowest tests close the report.
-FAST = ["-n", "2", "--dist", "loadfile", "-q", "--hypothesis-seed=0", "--durations=10"]
+# programs JAX compiled for it); each hypothesis test draws a quarter of its
+# max_examples (tests_thorough draws 8x that); a fixed hypothesis seed makes CI
+# reproducible (plain `pytest` draws fresh examples every run). conftest.py
+# prints one line per finished file; the ten slowest tests close the report.
+WORKERS = ["-n", "2", "--dist", "loadfile"]
+REPORT = ["-q", "--hypothesis-seed=0", "--durations=10"]
+FAST = [*WORKERS, *REPORT, "--examples-scale=0.25"]
+THOROUGH = [*WORKERS, *REPORT, "--thorough", "--examples-scale=2"]
 
 
 @nox.session(python=PYTHON)
@@ -30,9 +34,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests_thorough(session: nox.Session) -> None:
-    """Only the hypothesis tests, each with 10x its examples (CI runs this too)."""
+    """Only the hypothesis tests, each with twice its declared examples (8x
+    `tests`); CI runs this too."""
     session.install("-e", ".[test]")
-    session.run("pytest", "--thorough", *(session.posargs or FAST), env=CPU)
+    session.run("pytest", *(session.posargs or THOROUGH), env=CPU)
 
 
 @nox.session(python=PYTHON, venv_params=["--system-site-packages"])
@@ -50,7 +55,7 @@ def tests_gpu(session: nox.Session) -> None:
             'e.g. pip install "jax[cuda12]", then rerun nox -s tests_gpu.'
         )
     # One process: two would each claim most of the GPU's memory.
-    args = session.posargs or ["-q", "--hypothesis-seed=0", "--durations=10"]
+    args = session.posargs or [*REPORT, "--examples-scale=0.25"]
     session.run("pytest", *args, env={"JAX_PLATFORMS": "cuda"})
 
 

@@ -1,7 +1,10 @@
 """Test-run settings shared by every test file.
 
-- `--thorough`: only the hypothesis tests run, each drawing `THOROUGH` times
-  its own `max_examples` (the `tests_thorough` nox session; CI runs it too).
+- `--examples-scale=F`: every hypothesis test draws `F` times its own
+  `max_examples` (at least `MIN_EXAMPLES`). `nox -s tests` draws a quarter
+  (the 3-minute suite), `nox -s tests_thorough` twice the declared number.
+- `--thorough`: only the hypothesis tests run (the `tests_thorough` session;
+  CI runs it too).
 - Progress: one line per test file as it finishes (passed count and seconds)
   instead of a dot per test; failures, errors and skips still print their
   letter, and the summary at the end is pytest's own.
@@ -17,38 +20,43 @@ import hypothesis
 import pytest
 
 
-THOROUGH = 10
+MIN_EXAMPLES = 5
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--thorough",
-        action="store_true",
-        help=f"run only the hypothesis tests, each with {THOROUGH}x its max_examples",
+        "--examples-scale",
+        type=float,
+        default=1.0,
+        help="scale every hypothesis test's max_examples by this factor",
+    )
+    parser.addoption(
+        "--thorough", action="store_true", help="run only the hypothesis tests"
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    """With `--thorough`: only the hypothesis tests, each with more examples."""
-    if not config.getoption("thorough"):
-        return
+    scale = config.getoption("examples_scale")
+    thorough = config.getoption("thorough")
     kept, dropped, scaled = [], [], set()
     for item in items:
         test = getattr(item, "obj", None)
         if not getattr(test, "is_hypothesis_test", False):
-            dropped.append(item)
+            (dropped if thorough else kept).append(item)
             continue
         kept.append(item)
-        if id(test) not in scaled:
+        if scale != 1 and id(test) not in scaled:
             scaled.add(id(test))
             # The settings hypothesis reads when the test runs (an explicit
             # `@settings(max_examples=...)` wins over any profile).
             current = test._hypothesis_internal_use_settings
+            examples = max(MIN_EXAMPLES, round(current.max_examples * scale))
             test._hypothesis_internal_use_settings = hypothesis.settings(
-                current, max_examples=current.max_examples * THOROUGH
+                current, max_examples=examples
             )
-    config.hook.pytest_deselected(items=dropped)
-    items[:] = kept
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 class FileProgress:
