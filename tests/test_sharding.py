@@ -98,6 +98,7 @@ def test_pooling_needs_no_collectives(results: dict, name: str) -> None:
         "sscan_unswept",
         "replicated_dim",
         "two_mesh_axes_one_dim",
+        "vmapped",
         "one_device_mesh",
     ],
 )

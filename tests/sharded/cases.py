@@ -474,6 +474,13 @@ def two_mesh_axes_one_dim() -> dict:
 
 
 @case
+def vmapped() -> dict:
+    """`jax.vmap` over a batch of spatially sharded fields."""
+    batch = jax.random.normal(jax.random.key(8), (3, 32, 16))
+    return compare(jax.vmap(lap5("wrap")), batch, P(None, "x", "y"))
+
+
+@case
 def replicated_dim() -> dict:
     """Sharded along dim 0 only on the 2-D mesh (output replicated over y)."""
     return compare(lap5("reflect"), X, P("x", None))
