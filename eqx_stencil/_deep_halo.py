@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -70,9 +70,12 @@ def _reach(
 
 
 def deep_halo_block(
-    step: Callable[[State], State], example: State, count: int
+    step: Callable[[State], State],
+    steps: Callable[[State], State],
+    example: State,
+    count: int,
 ) -> Callable[[State], State]:
-    """A function running `count` steps of `step` with one deep halo exchange.
+    """`steps` (`count` applications of `step`) with one deep halo exchange.
 
     `example` is a state of the right shapes, sharded on Explicit mesh axes.
     """
@@ -119,7 +122,7 @@ def deep_halo_block(
                 box[dim.axis] = (dim.lo * (not before), dim.lo + n + dim.hi * after)
             extended.append(piece(block, halo, dims, len(dims), box))
         with local():
-            state = _run_steps(step, structure.unflatten(extended), count)
+            state = steps(structure.unflatten(extended))
         out = []
         for block, new in zip(blocks, jtu.tree_leaves(state)):
             starts = [0] * block.ndim
@@ -152,9 +155,3 @@ def deep_halo_block(
 
 def _positions(dims: Sequence[ShardedDim]) -> list[tuple[int, ...]]:
     return list(np.ndindex(*[dim.count for dim in dims]))
-
-
-def _run_steps(step: Callable[[Any], Any], state: Any, count: int) -> Any:
-    if count == 1:
-        return step(state)
-    return lax.scan(lambda s, _: (step(s), None), state, length=count)[0]

@@ -126,6 +126,8 @@ def _deep_halos(
             )
         checkpoint_every //= every
     blocks, rest = divmod(num_steps, every)
-    block = deep_halo_block(step, init, every)
+    block = deep_halo_block(step, lambda s: _steps(step, s, every), init, every)
     state = iterate(block, init, blocks, checkpoint_every=checkpoint_every)
-    return deep_halo_block(step, init, rest)(state) if rest else state
+    if not rest:
+        return state
+    return deep_halo_block(step, lambda s: _steps(step, s, rest), init, rest)(state)
