@@ -50,7 +50,7 @@ from jaxtyping import Array, PyTree, PyTreeDef
 
 from ._lower import Fields, Problem, Table, keep_input, make_table, resolve_table
 from ._regions import DataMask, Region, describe, normalize_region, plan, stack_data
-from ._window import TapProxy, Window
+from ._window import TapProxy, Window, unwrap_windows
 
 
 class Masked(eqx.Module):
@@ -252,10 +252,10 @@ def _stacked(
     candidates = [base, *(layer[2] for layer in layers)]
     names = [name, *(layer[3] for layer in layers)]
 
-    def stacked(windows: tuple[PyTree, tuple], *args: Any, **kwargs: Any) -> PyTree:
+    def stacked(windows: tuple[PyTree, tuple], *a: Any, **kw: Any) -> PyTree:
         inputs, masks = windows
         if not layers:
-            out = base(inputs, *args, **kwargs)
+            out = base(inputs, *a, **kw)
         else:
             which = jnp.zeros((), jnp.int32)
             for number, (mask, threshold, _, _) in enumerate(layers, start=1):
@@ -265,7 +265,7 @@ def _stacked(
                 )
                 which = jnp.where(picked, number, which)
             values = [
-                f(_guarded(inputs, which == i, structure), *args, **kwargs)
+                unwrap_windows(f(_guarded(inputs, which == i, structure), *a, **kw))
                 for i, f in enumerate(candidates)
             ]
             out = _select(which, values, names)

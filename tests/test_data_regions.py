@@ -398,3 +398,20 @@ def test_sharded_data_mask_equals_single_device():
         assert error <= 1e-6, name
         assert gathers == 0, name
         assert spec in (None, "P('x', 'y')"), (name, spec)
+
+
+def test_whole_window_and_patch_functions():
+    """Functions using the whole window (and returning it) take the window
+    lowering with data regions too."""
+    x = jnp.arange(7.0)
+    mask = np.array([1, 0, 1, 1, 0, 0, 1], bool)
+    patches = es.kmap(lambda w: w, kernel_size=3, padding="same")
+    _check(
+        patches.at[jnp.asarray(mask)].set(lambda w: 2 * w)(x),
+        np.asarray(patches.at[mask].set(lambda w: 2 * w)(x)),
+    )
+    sums = es.kmap(lambda w: jnp.sum(w), kernel_size=3, padding="same")
+    _check(
+        sums.at[jnp.asarray(mask)].set(lambda w: jnp.max(w))(x),
+        np.asarray(sums.at[mask].set(lambda w: jnp.max(w))(x)),
+    )
