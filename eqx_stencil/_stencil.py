@@ -457,7 +457,19 @@ class _ShapePreserving(Stencil):
 class Map(_Windowed):
     """A stencil map, built by [`eqx_stencil.kmap`][]: the function of every
     window of the padded input. Fields: those of [`eqx_stencil.Stencil`][] plus
-    `padding` and `dilation`."""
+    `padding` and `dilation`.
+
+    **Example:**
+
+    ```python
+    import dataclasses
+    import eqx_stencil as es
+
+    diff = es.kmap(lambda u: u[1] - u[0], kernel_size=2)
+    assert isinstance(diff, es.Map) and isinstance(diff, es.Stencil)
+    wide = dataclasses.replace(diff, dilation=2)  # a changed copy, checked
+    ```
+    """
 
     def _run(self, problem: Problem, table: Table) -> PyTree[Array]:
         return lower(problem, table)
@@ -466,7 +478,21 @@ class Map(_Windowed):
 @final
 class Scan(_Windowed):
     """A sequential sweep, built by [`eqx_stencil.kscan`][]. Fields: those of
-    [`eqx_stencil.Map`][] plus `reverse`."""
+    [`eqx_stencil.Map`][] plus `reverse`.
+
+    **Example:**
+
+    ```python
+    import dataclasses
+    import jax.numpy as jnp
+    import eqx_stencil as es
+
+    cumsum = es.kscan(lambda x: x[1] + x[0], kernel_size=3, padding=1, relative=True)
+    cumsum(jnp.ones(4))  # [2, 2, 2, 1]: left to right, reads the input ahead
+    backwards = dataclasses.replace(cumsum, reverse=True)
+    backwards(jnp.ones(4))  # [4, 3, 2, 1]
+    ```
+    """
 
     reverse: bool = eqx.field(
         static=True, default=False, converter=ft.partial(check_bool, "reverse")
@@ -479,7 +505,19 @@ class Scan(_Windowed):
 @final
 class ShapeMap(_ShapePreserving):
     """A shape-preserving map, built by [`eqx_stencil.smap`][]. Fields: those of
-    [`eqx_stencil.Stencil`][] plus `offset`."""
+    [`eqx_stencil.Stencil`][] plus `offset`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import eqx_stencil as es
+
+    interior = es.smap(lambda u: 2 * u[0], relative=True, offset=1)
+    assert isinstance(interior, es.ShapeMap)
+    interior(jnp.ones(4))  # [1, 2, 2, 1]
+    ```
+    """
 
     def _run(self, problem: Problem, table: Table) -> PyTree[Array]:
         return lower(problem, table)
@@ -488,7 +526,20 @@ class ShapeMap(_ShapePreserving):
 @final
 class ShapeScan(_ShapePreserving):
     """A shape-preserving sweep, built by [`eqx_stencil.sscan`][]. Fields: those
-    of [`eqx_stencil.ShapeMap`][] plus `reverse`."""
+    of [`eqx_stencil.ShapeMap`][] plus `reverse`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import eqx_stencil as es
+
+    F = es.sscan(lambda x: x[1] + x[0], kernel_size=3, relative=True, offset=1,
+                 reverse=True)
+    assert isinstance(F, es.ShapeScan)
+    F(jnp.ones(5))  # [1, 4, 3, 2, 1]
+    ```
+    """
 
     reverse: bool = eqx.field(
         static=True, default=False, converter=ft.partial(check_bool, "reverse")
