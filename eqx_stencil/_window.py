@@ -10,10 +10,13 @@
   `in`, `len`, comparisons and arithmetic (also with NumPy arrays and Python
   scalars), `jnp` functions (`jnp.max(w)`), methods and attributes (`w.sum()`,
   `w.T`, `w.shape`), `np.asarray(w)` / `jnp.asarray(w)` / `w.array`. It is a
-  pytree over the window array, so `jax.vmap`, `lax.scan` and `jax.tree.map`
-  accept it; once such a transform changes the array's shape, the result is
-  indexed as a plain array. `lax` functions do not accept it (JAX no longer
-  converts objects there): pass `jnp.asarray(w)`.
+  pytree whose only leaf is the window array; put back as an array it becomes
+  that plain array. So JAX transformations and custom-derivative functions
+  given a window (`jax.jit`, `jax.vmap`, `lax.scan`, `jax.tree.map`,
+  `jax.nn.relu`, whose derivative rule runs `lax` on it) work on the plain
+  array: inside them it is indexed as a plain array. `lax` functions do not
+  accept a window itself (JAX no longer converts objects there): pass
+  `jnp.asarray(w)`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array
 
 from ._indexing import WindowIndex
@@ -92,17 +97,13 @@ class Window:
     __array_priority__ = 100  # NumPy defers `np_array * window` to the window
     __hash__ = None  # pyright: ignore[reportAssignmentType]  # like an array
 
-    def __init__(self, array: Array, index: WindowIndex) -> None:
+    def __init__(self, array: Any, index: WindowIndex) -> None:
+        # `array` is the window array; in a pytree utility, a mask or `None`.
         self.array = array
         self._index = index
 
-    def _key(self, key: Any) -> Any:
-        if getattr(self.array, "shape", None) != self._index.kernel:
-            return key  # reshaped by a transform (`vmap`, `scan`): a plain array
-        return self._index.resolve(key)
-
     def __getitem__(self, key: Any) -> Array:
-        return self.array[self._key(key)]
+        return self.array[self._index.resolve(key)]
 
     @property
     def at(self) -> _WindowAt:
@@ -131,7 +132,7 @@ class _WindowAt:
         self._window = window
 
     def __getitem__(self, key: Any) -> Any:
-        return self._window.array.at[self._window._key(key)]
+        return self._window.array.at[self._window._index.resolve(key)]
 
 
 def _install(cls: type, names: Sequence[str], make: Callable[[str], Any]) -> None:
@@ -150,10 +151,18 @@ def _forward(name: str) -> Callable[..., Any]:
 
 _install(TapProxy, _OPERATORS + _PROTOCOLS, lambda name: _needs_window)
 _install(Window, _OPERATORS + _PROTOCOLS, _forward)
+
+
+def _unflatten(index: WindowIndex, children: Sequence[Any]) -> Any:
+    """An array (what a transformation or a derivative rule puts back) stays a
+    plain array; anything else (a filter mask, `None`) keeps the `Window` node,
+    so that prefix-tree utilities such as `eqx.partition` line up."""
+    (child,) = children
+    return child if isinstance(child, (jax.Array, np.ndarray)) else Window(child, index)
+
+
 jtu.register_pytree_node(
-    Window,
-    lambda window: ((window.array,), window._index),
-    lambda index, children: Window(children[0], index),
+    Window, lambda window: ((window.array,), window._index), _unflatten
 )
 
 

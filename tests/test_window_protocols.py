@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import operator
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -82,6 +83,11 @@ PROTOCOLS = {
     "transpose": lambda w: w.T,
     "tree_map": lambda w: jax.tree.map(lambda a: a * 2, w),
     "vmap": lambda w: jax.vmap(lambda row: row[0] - row[-1])(w),
+    # Transformations and derivative rules get the plain array (indexed plainly).
+    "jit": lambda w: jax.jit(lambda v: v[0, 1] * v)(w),
+    "grad": lambda w: jax.grad(lambda v: jnp.sum(v**3))(w),
+    "custom_jvp": lambda w: jax.nn.relu(w) + jnp.logaddexp(w, 0.0),
+    "partition": lambda w: eqx.combine(*eqx.partition(w, eqx.is_array)) + 1,
 }
 # Protocols that raise for a traced array: they raise the same for a window.
 RAISING = {
