@@ -205,7 +205,7 @@ def test_scalar_forms_build_the_stencil_of_the_plain_value(kind, name, plain, fo
 @pytest.mark.parametrize(
     "kind, name, plain, forms",
     [
-        pytest.param(kinds[-1], name, plain, forms, id=f"{kinds[-1]}-{name}={plain}")
+        pytest.param(kinds[0], name, plain, forms, id=f"{kinds[0]}-{name}={plain}")
         for name, kinds, plain, forms in SCALAR_FORMS
     ],
 )
