@@ -123,6 +123,7 @@ def _spec(mesh: Any) -> NamedSharding:
 
 
 def _stencil(func: Callable[[Array], Array], ndim: int, **kwargs: Any) -> Any:
+    """A 3-per-dim `"same"` relative stencil of `func`, with `kwargs`."""
     return es.kmap(
         func, kernel_size=(3,) * ndim, padding="same", relative=True, **kwargs
     )
