@@ -109,21 +109,41 @@ def _runs(indices: Sequence[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def _take_run(
-    x: Array, axis: int, run: tuple[int, int, int], fill: np.ndarray
-) -> Array:
-    first, length, step = run
-    shape = list(x.shape)
-    shape[axis] = length
-    if first == _FILL:
+# A read of at most this fraction of the input is a *strip* (see `_read`).
+STRIP_FRACTION = 0.5
+
+
+def _read(x: Array, starts: Sequence[int], sizes: Sequence[int]) -> Array:
+    """`x[starts : starts + sizes]`, so that its gradient costs O(piece).
+
+    The transpose of a static slice is a pad to `x`'s whole shape, one more
+    full-size term in the cotangent of `x` per piece read. A strip (a piece of
+    at most `STRIP_FRACTION` of `x`) is read by `dynamic_slice` at starts
+    behind an `optimization_barrier`, so XLA keeps its transpose a
+    `dynamic_update_slice` and folds `y + update(zeros, piece)` into an
+    in-place `update(y, y[piece] + piece)`: O(piece) work in the backward
+    pass, whatever the function does with the strip (`0.0 * u[0, 0]` too).
+    """
+    if math.prod(sizes) > STRIP_FRACTION * x.size:
+        limits = [start + size for start, size in zip(starts, sizes)]
+        return lax.slice(x, starts, limits)
+    opaque = lax.optimization_barrier(tuple(np.int32(start) for start in starts))
+    return lax.dynamic_slice(x, opaque, sizes)
+
+
+def _cell(x: Array, runs: Sequence[tuple[int, int, int]], fill: np.ndarray) -> Array:
+    """One block of the box: a run per dim, read from `x` at once (reversed
+    along reflected runs, broadcast along repeated ones) or filled."""
+    shape = tuple(length for _, length, _ in runs)
+    if any(first == _FILL for first, _, _ in runs):
         return jnp.full(shape, fill, x.dtype)
-    if step == 0:
-        piece = lax.slice_in_dim(x, first, first + 1, axis=axis)
-        return jnp.broadcast_to(piece, shape)
-    if step == 1:
-        return lax.slice_in_dim(x, first, first + length, axis=axis)
-    piece = lax.slice_in_dim(x, first - length + 1, first + 1, axis=axis)
-    return lax.rev(piece, (axis,))
+    starts = [first - length + 1 if step < 0 else first for first, length, step in runs]
+    sizes = [1 if step == 0 else length for _, length, step in runs]
+    piece = _read(x, starts, sizes)
+    flipped = tuple(axis for axis, (_, _, step) in enumerate(runs) if step < 0)
+    if flipped:
+        piece = lax.rev(piece, flipped)
+    return jnp.broadcast_to(piece, shape)
 
 
 def padded_box(
@@ -133,10 +153,24 @@ def padded_box(
     mode: str,
     cval: Cval,
 ) -> Array:
-    """The box `[start, stop)` per dim of `x` padded by `layouts` in `mode`."""
+    """The box `[start, stop)` per dim of `x` padded by `layouts` in `mode`.
+
+    Per dim, the padded coordinates split into runs (`_runs`); every product
+    of runs is one block, read from `x` in one piece (`_cell`), so the box
+    costs O(box) forward and backward."""
     fill = fill_value(cval if mode == "constant" else 0, x.dtype)
-    for axis, (layout, (start, stop)) in enumerate(zip(layouts, box)):
-        indices = _source_indices(layout.size, layout.lo, start, stop, mode)
-        pieces = [_take_run(x, axis, run, fill) for run in _runs(indices)]
-        x = pieces[0] if len(pieces) == 1 else lax.concatenate(pieces, axis)
-    return x
+    runs = [
+        _runs(_source_indices(layout.size, layout.lo, start, stop, mode))
+        for layout, (start, stop) in zip(layouts, box)
+    ]
+    if not all(runs):  # an empty box
+        return jnp.zeros(tuple(stop - start for start, stop in box), x.dtype)
+
+    def join(chosen: tuple[tuple[int, int, int], ...]) -> Array:
+        axis = len(chosen)
+        if axis == len(runs):
+            return _cell(x, chosen, fill)
+        parts = [join((*chosen, run)) for run in runs[axis]]
+        return parts[0] if len(parts) == 1 else lax.concatenate(parts, axis)
+
+    return join(())

@@ -35,6 +35,7 @@ from jaxtyping import Array, ArrayLike, PyTree, PyTreeDef
 
 from ._assemble import select_masked, tile_together
 from ._boundary import padded_box
+from ._conv_lowering import conv_lowering
 from ._geometry import Cval, DimLayout, out_shape
 from ._indexing import WindowIndex
 from ._regions import (
@@ -233,6 +234,10 @@ def _window_lowering(
         out = func(structure.unflatten(windows), *args, **kwargs)
         return unwrap_windows(out)
 
+    if guard is _no_guard:  # linear functions of many taps: a convolution
+        conv = conv_lowering(call, sources, layouts, box, dynamic)
+        if conv is not None:
+            return conv
     unrolled = _unrolled(call, sources, layouts, box, dynamic, guard)
     if unrolled is not None:
         return unrolled
@@ -427,6 +432,10 @@ def make_table(
     )
 
 
+def _volume(box: Box) -> int:
+    return math.prod(stop - start for start, stop in box)
+
+
 def lower(problem: Problem, table: Table) -> PyTree[Array]:
     """Apply a resolved region table to `problem`, region by region."""
 
@@ -435,10 +444,14 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
         order: Sequence[int],
         masks: Sequence[np.ndarray | None],
     ) -> list[PyTree[Array]]:
-        values = [
-            problem.evaluate(table.funcs[o], box, table.taps[o], mask)
-            for box, o, mask in zip(boxes, order, masks)
-        ]
+        # The largest box last: its reads of the input are then the first
+        # terms of the input's cotangent, and the strips' (`_boundary._read`)
+        # are added into it in place.
+        values: list[PyTree[Array]] = [None] * len(boxes)
+        for i in sorted(range(len(boxes)), key=lambda i: _volume(boxes[i])):
+            values[i] = problem.evaluate(
+                table.funcs[order[i]], boxes[i], table.taps[order[i]], masks[i]
+            )
         check_outputs(values, boxes, [table.names[o] for o in order])
         return values
 
