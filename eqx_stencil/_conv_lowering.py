@@ -1,0 +1,196 @@
+"""Window functions linear in the window, lowered to one convolution.
+
+`jnp.sum(w * W)`, `jnp.tensordot`, `jnp.einsum`, `@` with weights: when the
+function's output is linear in its windows, it is `sum(weights * window)` for
+weights that do not depend on the window. They are read at trace time by
+transposing the function (`jax.linear_transpose`: the weights may be traced,
+learnable arguments), and the tile is computed by `lax.conv_general_dilated`
+on its source (strides and dilation folded in; the tile's source already
+holds the padding, whatever the boundary mode). Dims the window covers whole
+(a `(C, 3, 3)` window over a `(C, H, W)` image) become input channels, the
+fields too, and every output entry an output channel.
+
+XLA:CPU's convolution has a fixed cost that slices beat for few taps, so it
+is used from `MIN_CONV_TAPS` taps per output (fields times window size) on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jax import lax
+from jax.extend import core as jex_core
+from jaxtyping import Array, PyTree
+
+from ._geometry import DimLayout
+
+
+# From this many taps per output on, a linear window function is computed by
+# a convolution (measured on XLA:CPU: `benchmarks/conv.py`).
+MIN_CONV_TAPS = 64
+
+# Primitives linear in each of their operands that depend on the window
+# (the others must not): `mul(window, weights)`, `dot_general`, ...
+_LINEAR_IN_ONE = {"mul", "dot_general"}
+# Primitives linear when their first operand depends on the window and the
+# others do not (shapes, indices, a divisor).
+_LINEAR_IN_FIRST = {
+    "div",
+    "neg",
+    "reduce_sum",
+    "transpose",
+    "reshape",
+    "broadcast_in_dim",
+    "squeeze",
+    "expand_dims",
+    "slice",
+    "rev",
+    "copy",
+    "copy_p",
+    "reduce_precision",
+    "cumsum",
+    "dynamic_slice",
+    "gather",
+    "real",
+    "imag",
+    "conj",
+}
+# Primitives linear when every operand depends on the window.
+_LINEAR_IN_ALL = {"add", "sub", "add_any", "concatenate"}
+_CALLS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+
+
+def _is_linear(jaxpr: Any, linear: Sequence[bool]) -> list[bool] | None:
+    """Which outputs of `jaxpr` depend (linearly) on the inputs flagged in
+    `linear`, or `None` if some output is not a linear function of them (a
+    constant output is not: the function would be affine)."""
+    flags: dict[Any, bool] = dict(zip(jaxpr.invars, linear))
+
+    def flag(var: Any) -> bool:
+        return not isinstance(var, jex_core.Literal) and flags.get(var, False)
+
+    for eqn in jaxpr.eqns:
+        ins = [flag(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if not any(ins):
+            out = False
+        elif name in _LINEAR_IN_ONE:
+            out = ins.count(True) == 1 or None
+        elif name in _LINEAR_IN_FIRST:
+            out = (ins[0] and not any(ins[1:])) or None
+        elif name in _LINEAR_IN_ALL:
+            out = all(ins) or None
+        elif name == "convert_element_type":
+            out = jnp.issubdtype(eqn.params["new_dtype"], jnp.inexact) or None
+        elif name == "select_n":
+            out = (not ins[0] and all(ins[1:])) or None
+        else:
+            sub = next((eqn.params[k] for k in _CALLS if k in eqn.params), None)
+            inner = getattr(sub, "jaxpr", sub)
+            found = None if inner is None else _is_linear(inner, ins)
+            if found is None or len(found) != len(eqn.outvars):
+                return None
+            flags.update(zip(eqn.outvars, found))
+            continue
+        if out is None:
+            return None
+        for var in eqn.outvars:
+            flags[var] = out
+    outs = [flag(v) for v in jaxpr.outvars]
+    return outs if all(outs) else None
+
+
+def _weights(
+    call: Callable, windows: Sequence[jax.ShapeDtypeStruct], dynamic: Any
+) -> tuple[Array, list[tuple[tuple[int, ...], Any]], PyTree] | None:
+    """The weights `(outputs, fields, *kernel)` of a linear `call`, each output
+    leaf's shape and dtype, and the output structure; `None` if `call` is
+    not linear in its windows."""
+    out_tree: list[Any] = []
+
+    def flat(*arrays: Array) -> list[Array]:
+        leaves, structure = jtu.tree_flatten(call(arrays, dynamic))
+        out_tree.append(structure)
+        return [jnp.asarray(leaf) for leaf in leaves]
+
+    try:
+        closed = jax.make_jaxpr(flat)(*windows)
+    except Exception:  # the other lowerings report the function's own errors
+        return None
+    if _is_linear(closed.jaxpr, [True] * len(windows)) is None:
+        return None
+    leaves = [(tuple(a.shape), a.dtype) for a in closed.out_avals]
+    if not all(jnp.issubdtype(d, jnp.floating) for _, d in leaves):
+        return None
+    transpose = jax.linear_transpose(flat, *windows)
+    sizes = [math.prod(shape) for shape, _ in leaves]
+    basis = jnp.eye(sum(sizes), dtype=jnp.result_type(*[d for _, d in leaves]))
+
+    def row(unit: Array) -> Array:
+        parts = jnp.split(unit, np.cumsum(sizes)[:-1])
+        cotangents = [
+            p.reshape(shape).astype(dtype) for p, (shape, dtype) in zip(parts, leaves)
+        ]
+        return jnp.stack(transpose(cotangents))
+
+    return jax.vmap(row)(basis), leaves, out_tree[0]
+
+
+def conv_lowering(
+    call: Callable,
+    sources: Sequence[Array],
+    layouts: Sequence[DimLayout],
+    box: Sequence[tuple[int, int]],
+    dynamic: Any,
+) -> PyTree[Array] | None:
+    """`call` on every window of `box` as one convolution of `sources`, or
+    `None` when it has too few taps, is not linear in its windows, or its
+    dtypes are not real floating point."""
+    kernel = tuple(layout.kernel for layout in layouts)
+    if len(sources) * math.prod(kernel) < MIN_CONV_TAPS:
+        return None
+    if not all(jnp.issubdtype(s.dtype, jnp.floating) for s in sources):
+        return None
+    windows = [jax.ShapeDtypeStruct(kernel, s.dtype) for s in sources]
+    found = _weights(call, windows, dynamic)
+    if found is None:
+        return None
+    weights, leaves, structure = found
+    lengths = [stop - start for start, stop in box]
+    # A dim the window covers whole, at one output, is a channel dim.
+    channel = [
+        n == 1 and layout.dilation == 1 and s == layout.kernel
+        for n, layout, s in zip(lengths, layouts, sources[0].shape)
+    ]
+    spatial = [d for d, c in enumerate(channel) if not c]
+    channels = [d for d, c in enumerate(channel) if c]
+    if not spatial:
+        return None
+    dtype = jnp.result_type(*sources)
+    lhs = jnp.stack([s.astype(dtype) for s in sources])  # (fields, *source)
+    order = [0] + [1 + d for d in channels] + [1 + d for d in spatial]
+    lhs = jnp.transpose(lhs, order)
+    lhs = lhs.reshape((1, -1) + lhs.shape[1 + len(channels) :])
+    rhs = jnp.transpose(weights.astype(dtype), [0] + [1 + o for o in order])
+    rhs = rhs.reshape(rhs.shape[:1] + (-1,) + rhs.shape[2 + len(channels) :])
+    out = lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides=[layouts[d].stride for d in spatial],
+        padding=[(0, 0)] * len(spatial),
+        rhs_dilation=[layouts[d].dilation for d in spatial],
+    )[0]  # (outputs, *spatial lengths)
+    out = jnp.moveaxis(out, 0, -1).reshape(tuple(lengths) + (-1,))
+    sizes = [math.prod(shape) for shape, _ in leaves]
+    parts = jnp.split(out, np.cumsum(sizes)[:-1], axis=-1)
+    values = [
+        p.reshape(tuple(lengths) + shape).astype(d)
+        for p, (shape, d) in zip(parts, leaves)
+    ]
+    return jtu.tree_unflatten(structure, values)
