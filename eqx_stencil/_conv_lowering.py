@@ -33,7 +33,7 @@ from ._geometry import DimLayout
 
 # From this many taps per output on, a linear window function is computed by
 # a convolution (measured on XLA:CPU: `benchmarks/conv.py`).
-MIN_CONV_TAPS = 64
+MIN_CONV_TAPS = 128
 
 # Primitives linear in each of their operands that depend on the window
 # (the others must not): `mul(window, weights)`, `dot_general`, ...
@@ -60,9 +60,10 @@ _LINEAR_IN_FIRST = {
     "real",
     "imag",
     "conj",
+    "split",
 }
 # Primitives linear when every operand depends on the window.
-_LINEAR_IN_ALL = {"add", "sub", "add_any", "concatenate"}
+_LINEAR_IN_ALL = {"add", "sub", "add_any", "concatenate", "stack"}
 _CALLS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
@@ -183,9 +184,12 @@ def conv_lowering(
         lhs,
         rhs,
         window_strides=[layouts[d].stride for d in spatial],
-        padding=[(0, 0)] * len(spatial),
+        padding=[(0, 0)] * (len(spatial) - 1) + [(0, 1)],
         rhs_dilation=[layouts[d].dilation for d in spatial],
-    )[0]  # (outputs, *spatial lengths)
+    )[0]
+    # XLA:CPU runs an unpadded convolution on a path up to 7x slower with many
+    # channels (jax 0.10); a column of padding, its output dropped, avoids it.
+    out = lax.slice_in_dim(out, 0, lengths[spatial[-1]], axis=-1)
     out = jnp.moveaxis(out, 0, -1).reshape(tuple(lengths) + (-1,))
     sizes = [math.prod(shape) for shape, _ in leaves]
     parts = jnp.split(out, np.cumsum(sizes)[:-1], axis=-1)
