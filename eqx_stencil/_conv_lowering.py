@@ -53,7 +53,6 @@ _LINEAR_IN_FIRST = {
     "rev",
     "copy",
     "copy_p",
-    "reduce_precision",
     "cumsum",
     "dynamic_slice",
     "gather",
@@ -65,6 +64,9 @@ _LINEAR_IN_FIRST = {
 # Primitives linear when every operand depends on the window.
 _LINEAR_IN_ALL = {"add", "sub", "add_any", "concatenate", "stack"}
 _CALLS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+# Calls whose derivative rules the user chose: weights read by transposing
+# their bodies would drop those rules, so the other lowerings handle them.
+_CUSTOM_RULES = {"custom_jvp_call", "custom_vjp_call"}
 
 
 def _is_linear(jaxpr: Any, linear: Sequence[bool]) -> list[bool] | None:
@@ -79,6 +81,8 @@ def _is_linear(jaxpr: Any, linear: Sequence[bool]) -> list[bool] | None:
     for eqn in jaxpr.eqns:
         ins = [flag(v) for v in eqn.invars]
         name = eqn.primitive.name
+        if eqn.effects or name in _CUSTOM_RULES:
+            return None
         if not any(ins):
             out = False
         elif name in _LINEAR_IN_ONE:
@@ -173,7 +177,9 @@ def conv_lowering(
     channels = [d for d, c in enumerate(channel) if c]
     if not spatial:
         return None
-    dtype = jnp.result_type(*sources)
+    # Accumulate in the widest of the inputs' and outputs' dtypes, as a
+    # `preferred_element_type` in the function would.
+    dtype = jnp.result_type(*sources, *(d for _, d in leaves))
     lhs = jnp.stack([s.astype(dtype) for s in sources])  # (fields, *source)
     order = [0] + [1 + d for d in channels] + [1 + d for d in spatial]
     lhs = jnp.transpose(lhs, order)

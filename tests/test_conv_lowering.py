@@ -152,3 +152,48 @@ def test_nonlinear_functions_keep_the_slice_lowering(every_size, func):
         padding="same",
     )
     np.testing.assert_allclose(jax.jit(stencil)(x, weights), expected, atol=1e-5)
+
+
+@jax.custom_jvp
+def _linear_without_derivative(window):
+    return jnp.sum(window * jnp.arange(1.0, window.size + 1).reshape(window.shape))
+
+
+@_linear_without_derivative.defjvp
+def _zero_jvp(primals, tangents):
+    return _linear_without_derivative(*primals), jnp.zeros(())
+
+
+def test_custom_derivative_rules_keep_the_slice_lowering(every_size):
+    """A linear function with a custom rule is not transposed into weights:
+    its rule (here: zero derivative) must survive."""
+    stencil = es.kmap(_linear_without_derivative, kernel_size=(16, 8))
+    x = _x((20, 12))
+    assert not has_conv(stencil, x)
+    grad = jax.grad(lambda x: jnp.sum(stencil(x)))(x)
+    np.testing.assert_array_equal(grad, np.zeros_like(x))
+
+
+def test_accumulates_in_the_output_dtype(every_size):
+    """bf16 windows with an f32 `preferred_element_type` accumulate in f32,
+    as the function asks."""
+    weights = _x((3, 3), seed=1)
+
+    def dot(window, weights):
+        return jnp.tensordot(
+            window, weights.astype(jnp.bfloat16), 2, preferred_element_type=jnp.float32
+        )
+
+    stencil = es.kmap(dot, kernel_size=(3, 3), padding="same")
+    x = _x((16, 16)).astype(jnp.bfloat16)
+    assert has_conv(stencil, x, weights)
+    out = stencil(x, weights)
+    assert out.dtype == jnp.float32
+    windows = np.asarray(x.astype(jnp.float32))
+    expected = reference_kmap(
+        lambda w: np.sum(w * np.asarray(weights.astype(jnp.bfloat16), np.float32)),
+        windows,
+        kernel_size=(3, 3),
+        padding="same",
+    )
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
