@@ -15,13 +15,13 @@ PYTHON = "3.11"
 CPU = {"JAX_PLATFORMS": "cpu"}
 # Two workers, each running whole test files (a file's tests share the
 # programs JAX compiled for it); each hypothesis test draws a quarter of its
-# max_examples (tests_thorough draws 8x that); a fixed hypothesis seed makes CI
+# max_examples (tests_thorough draws 4x that); a fixed hypothesis seed makes CI
 # reproducible (plain `pytest` draws fresh examples every run). conftest.py
 # prints one line per finished file; the ten slowest tests close the report.
 WORKERS = ["-n", "2", "--dist", "loadfile"]
 REPORT = ["-q", "--hypothesis-seed=0", "--durations=10"]
 FAST = [*WORKERS, *REPORT, "--examples-scale=0.25"]
-THOROUGH = [*WORKERS, *REPORT, "--thorough", "--examples-scale=2"]
+THOROUGH = [*WORKERS, *REPORT, "--thorough", "--examples-scale=1"]
 
 
 @nox.session(python=PYTHON)
@@ -34,7 +34,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests_thorough(session: nox.Session) -> None:
-    """Only the hypothesis tests, each with twice its declared examples (8x
+    """Only the hypothesis tests, each with its declared examples (4x
     `tests`); CI runs this too."""
     session.install("-e", ".[test]")
     session.run("pytest", *(session.posargs or THOROUGH), env=CPU)

@@ -2,7 +2,7 @@
 
 - `--examples-scale=F`: every hypothesis test draws `F` times its own
   `max_examples` (at least `MIN_EXAMPLES`). `nox -s tests` draws a quarter
-  (the 3-minute suite), `nox -s tests_thorough` twice the declared number.
+  (the fast suite), `nox -s tests_thorough` the declared number.
 - `--thorough`: only the hypothesis tests run (the `tests_thorough` session;
   CI runs it too).
 - Progress: one line per test file as it finishes (passed count and seconds)
