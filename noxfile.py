@@ -26,7 +26,7 @@ THOROUGH = [*WORKERS, *REPORT, "--thorough", "--examples-scale=1"]
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The test suite on the CPU, in about 3 minutes on 2 cores (jaxtyping +
+    """The test suite on the CPU, about 13 minutes on 2 cores (jaxtyping +
     beartype checks on)."""
     session.install("-e", ".[test]")
     session.run("pytest", *(session.posargs or FAST), env=CPU)
