@@ -13,13 +13,10 @@ output's sharding, and the collectives of the compiled program.
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from case_runner import result, run_cases
 
 
 CASES = pathlib.Path(__file__).parent / "nn_sharded" / "cases.py"
@@ -41,25 +38,7 @@ GATHERS = ("all-gather", "all-to-all", "reduce-scatter")
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict]:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run(
-        [sys.executable, str(CASES)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    found = {entry["case"]: entry for entry in map(json.loads, lines)}
-    assert found, f"the cases printed nothing:\n{done.stderr[-3000:]}"
-    return found
-
-
-def result(results: dict[str, dict], name: str) -> dict:
-    entry = results[name]
-    assert "raised" not in entry, entry.get("trace", entry)
-    return entry
+    return run_cases(CASES)
 
 
 @pytest.mark.parametrize("axis_type", ["explicit", "auto"])

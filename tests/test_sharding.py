@@ -8,13 +8,10 @@ the collectives in the compiled program, or the error the case must raise.
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from case_runner import result, run_cases
 
 
 CASES = pathlib.Path(__file__).parent / "sharded" / "cases.py"
@@ -23,26 +20,7 @@ NO_GATHER = {"all-gather": 0, "all-to-all": 0, "all-reduce": 0}
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict]:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    done = subprocess.run(
-        [sys.executable, str(CASES)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    found = {entry["case"]: entry for entry in map(json.loads, lines)}
-    assert found, f"the cases printed nothing:\n{done.stderr[-3000:]}"
-    return found
-
-
-def result(results: dict[str, dict], name: str) -> dict:
-    entry = results[name]
-    assert "raised" not in entry, entry.get("trace", entry)
-    return entry
+    return run_cases(CASES, XLA_FLAGS="--xla_force_host_platform_device_count=8")
 
 
 def others(entry: dict) -> dict[str, int]:
