@@ -28,7 +28,8 @@ from jax import lax
 from jax.extend import core as jex_core
 from jaxtyping import Array, PyTree
 
-from ._geometry import DimLayout
+from ._boundary import fill_value, padded_box
+from ._geometry import Cval, DimLayout
 
 
 # From this many taps per output on, a linear window function is computed by
@@ -147,31 +148,63 @@ def _weights(
     return jax.vmap(row)(basis), leaves, out_tree[0]
 
 
+Boundary = tuple[str, Cval]
+
+
+def _sources_and_pads(
+    arrays: Sequence[Array], layouts: Sequence[DimLayout], boundary: Boundary | None
+) -> tuple[list[Array], list[tuple[int, int]]]:
+    """The convolution's inputs and the zero padding it adds itself.
+
+    A tile's sources already hold their padding (`boundary` is `None`). The
+    whole input with a zero fill has it folded into the convolution (negative
+    padding crops first); any other fill is padded once (`padded_box`)."""
+    if boundary is None:
+        return list(arrays), [(0, 0)] * len(layouts)
+    mode, cval = boundary
+    fill = fill_value(cval if mode == "constant" else 0, arrays[0].dtype)
+    if mode == "constant" and not np.any(fill):
+        starts = [max(0, -layout.lo) for layout in layouts]
+        limits = [layout.size - max(0, -layout.hi) for layout in layouts]
+        cropped = [lax.slice(x, starts, limits) for x in arrays]
+        return cropped, [(max(0, layout.lo), max(0, layout.hi)) for layout in layouts]
+    box = [(0, layout.size + layout.lo + layout.hi) for layout in layouts]
+    padded = [padded_box(x, layouts, box, mode, cval) for x in arrays]
+    return padded, [(0, 0)] * len(layouts)
+
+
 def conv_lowering(
     call: Callable,
-    sources: Sequence[Array],
+    arrays: Sequence[Array],
     layouts: Sequence[DimLayout],
-    box: Sequence[tuple[int, int]],
     dynamic: Any,
+    boundary: Boundary | None = None,
 ) -> PyTree[Array] | None:
-    """`call` on every window of `box` as one convolution of `sources`, or
-    `None` when it has too few taps, is not linear in its windows, or its
-    dtypes are not real floating point."""
+    """`call` on every window as one convolution of `arrays` (one per field),
+    or `None` when it has too few taps, is not linear in its windows, or its
+    dtypes are not real floating point.
+
+    With `boundary=None`, `arrays` are a tile's sources: the padded input from
+    the tile's first window on, exactly as far as its last window reads. With
+    a `(mode, cval)` boundary they are the whole unpadded input, padded by the
+    layouts' `lo`/`hi` in that mode, and every output is computed."""
     kernel = tuple(layout.kernel for layout in layouts)
-    if len(sources) * math.prod(kernel) < MIN_CONV_TAPS:
+    if len(arrays) * math.prod(kernel) < MIN_CONV_TAPS:
         return None
-    if not all(jnp.issubdtype(s.dtype, jnp.floating) for s in sources):
+    if not all(jnp.issubdtype(x.dtype, jnp.floating) for x in arrays):
         return None
-    windows = [jax.ShapeDtypeStruct(kernel, s.dtype) for s in sources]
+    if any(layout.out == 0 for layout in layouts):
+        return None
+    windows = [jax.ShapeDtypeStruct(kernel, x.dtype) for x in arrays]
     found = _weights(call, windows, dynamic)
     if found is None:
         return None
     weights, leaves, structure = found
-    lengths = [stop - start for start, stop in box]
-    # A dim the window covers whole, at one output, is a channel dim.
+    sources, pads = _sources_and_pads(arrays, layouts, boundary)
+    # A dim the window covers whole, unpadded and undilated, is a channel dim.
     channel = [
-        n == 1 and layout.dilation == 1 and s == layout.kernel
-        for n, layout, s in zip(lengths, layouts, sources[0].shape)
+        pad == (0, 0) and layout.dilation == 1 and n == layout.kernel
+        for pad, layout, n in zip(pads, layouts, sources[0].shape)
     ]
     spatial = [d for d, c in enumerate(channel) if not c]
     channels = [d for d, c in enumerate(channel) if c]
@@ -180,27 +213,35 @@ def conv_lowering(
     # Accumulate in the widest of the inputs' and outputs' dtypes, as a
     # `preferred_element_type` in the function would.
     dtype = jnp.result_type(*sources, *(d for _, d in leaves))
-    lhs = jnp.stack([s.astype(dtype) for s in sources])  # (fields, *source)
+    lhs = jnp.stack([x.astype(dtype) for x in sources])  # (fields, *source)
     order = [0] + [1 + d for d in channels] + [1 + d for d in spatial]
     lhs = jnp.transpose(lhs, order)
     lhs = lhs.reshape((1, -1) + lhs.shape[1 + len(channels) :])
     rhs = jnp.transpose(weights.astype(dtype), [0] + [1 + o for o in order])
     rhs = rhs.reshape(rhs.shape[:1] + (-1,) + rhs.shape[2 + len(channels) :])
+    padding = [pads[d] for d in spatial]
+    last = spatial[-1]
+    # XLA:CPU runs a convolution without padding on a path up to 7x slower
+    # with many channels (jax 0.10); a column of padding, its output dropped,
+    # avoids it.
+    if padding[-1] == (0, 0):
+        padding[-1] = (0, 1)
     out = lax.conv_general_dilated(
         lhs,
         rhs,
         window_strides=[layouts[d].stride for d in spatial],
-        padding=[(0, 0)] * (len(spatial) - 1) + [(0, 1)],
+        padding=padding,
         rhs_dilation=[layouts[d].dilation for d in spatial],
     )[0]
-    # XLA:CPU runs an unpadded convolution on a path up to 7x slower with many
-    # channels (jax 0.10); a column of padding, its output dropped, avoids it.
-    out = lax.slice_in_dim(out, 0, lengths[spatial[-1]], axis=-1)
-    out = jnp.moveaxis(out, 0, -1).reshape(tuple(lengths) + (-1,))
+    lengths = tuple(
+        1 if c else (n + lo + hi - layout.span) // layout.stride + 1
+        for c, layout, n, (lo, hi) in zip(channel, layouts, sources[0].shape, pads)
+    )
+    out = lax.slice_in_dim(out, 0, lengths[last], axis=-1)
+    out = jnp.moveaxis(out, 0, -1).reshape(lengths + (-1,))
     sizes = [math.prod(shape) for shape, _ in leaves]
     parts = jnp.split(out, np.cumsum(sizes)[:-1], axis=-1)
     values = [
-        p.reshape(tuple(lengths) + shape).astype(d)
-        for p, (shape, d) in zip(parts, leaves)
+        p.reshape(lengths + shape).astype(d) for p, (shape, d) in zip(parts, leaves)
     ]
     return jtu.tree_unflatten(structure, values)
