@@ -114,3 +114,24 @@ def select_masked(
         return out
 
     return jtu.tree_map(place, *_promote(values))
+
+
+def check_outputs(
+    values: Sequence[PyTree[Array]], boxes: Sequence[Box], names: Sequence[str]
+) -> None:
+    """Every function must return the same structure and per-position shape."""
+
+    def signature(value: PyTree[Array], box: Box) -> tuple:
+        leaves, structure = jtu.tree_flatten(value)
+        return structure, tuple(jnp.shape(leaf)[len(box) :] for leaf in leaves)
+
+    expected = signature(values[0], boxes[0])
+    for value, box, name in zip(values, boxes, names):
+        found = signature(value, box)
+        if found != expected:
+            raise ValueError(
+                f"the functions of {names[0]} and {name} return different output "
+                f"shapes per position: {expected[1]} (structure {expected[0]}) and "
+                f"{found[1]} (structure {found[0]}); every function of a stencil "
+                "must return the same shape."
+            )

@@ -48,7 +48,7 @@ from jax.core import Tracer
 from jax.sharding import AxisType
 from jaxtyping import Array, PyTree, PyTreeDef
 
-from ._lower import Fields, Problem, Table, keep_input, make_table, resolve_table
+from ._problem import Fields, Problem, Table, keep_input, make_table, resolve_table
 from ._regions import DataMask, Region, describe, normalize_region, plan, stack_data
 from ._window import TapProxy, Window, unwrap_windows
 

@@ -25,7 +25,7 @@ from jax import lax
 from jaxtyping import Array
 
 from ._halo import ShardedDim, exchange, piece
-from ._lower import as_fields
+from ._problem import as_fields
 from ._shard import Application, Sharded, find_sharding, local, recording
 
 

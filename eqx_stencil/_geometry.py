@@ -252,14 +252,23 @@ class DimLayout:
         return self.dilation * (self.kernel - 1) + 1
 
     @property
+    def padded_size(self) -> int:
+        """Length of the padded input."""
+        return self.size + self.lo + self.hi
+
+    @property
     def out(self) -> int:
         """Output length: 0 for an empty input whose padding holds no window."""
-        return max(0, (self.size + self.lo + self.hi - self.span) // self.stride + 1)
+        return max(0, (self.padded_size - self.span) // self.stride + 1)
 
     @property
     def anchor(self) -> int:
         """Tap index of the relative origin `x[0]`."""
         return (self.kernel - 1) // 2
+
+    def source(self, start: int, stop: int) -> tuple[int, int]:
+        """Padded coordinates `[first, last)` read by the outputs `[start, stop)`."""
+        return start * self.stride, (stop - 1) * self.stride + self.span
 
     @property
     def interior(self) -> tuple[int, int]:

@@ -21,13 +21,12 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jaxtyping import Array, PyTree
 
 from ._boundary import padded_box
 from ._geometry import Cval, DimLayout
-from ._lower import Problem, Taps
+from ._problem import Problem
 from ._regions import Box
 
 
@@ -183,18 +182,12 @@ class HaloProblem(Problem):
     # A box every shard computes alike, computed once: (box, function, value).
     known: tuple[Box, Callable, PyTree[Array]] | None = None
 
-    def evaluate(
-        self,
-        func: Callable,
-        box: Box,
-        taps: Taps | None,
-        mask: np.ndarray | None = None,
-    ) -> PyTree[Array]:
-        if self.known is not None and mask is None:
+    def precomputed(self, box: Box, func: Callable) -> PyTree[Array] | None:
+        if self.known is not None:
             known_box, known_func, value = self.known
             if known_box == box and known_func is func:
                 return value
-        return super().evaluate(func, box, taps, mask)
+        return None
 
     def padded(self, box: Sequence[tuple[int, int]]) -> list[Array]:
         sharded = {dim.axis: dim for dim in self.dims}

@@ -60,7 +60,7 @@ def _volume(box: Box) -> int:
 def lower(problem: Problem, table: Table) -> PyTree[Array]:
     """Apply a resolved region table to `problem`, region by region."""
 
-    def evaluate(
+    def evaluate_boxes(
         boxes: Sequence[Box],
         order: Sequence[int],
         masks: Sequence[np.ndarray | None],
@@ -80,7 +80,8 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
     if len(table.funcs) == 1 and None in table.taps.values():
         # One whole-window function everywhere: if it is linear, one
         # convolution of the whole input, its padding folded in.
-        call, dynamic = _window_call(*table.funcs.values(), problem)
+        (func,) = table.funcs.values()
+        call, dynamic = _window_call(func, problem)
         boundary = (problem.boundary, problem.cval)
         conv = conv_lowering(
             call, problem.fields.arrays, problem.layouts, dynamic, boundary
@@ -92,11 +93,11 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
         tiles, tiling = tiled
         boxes, order = zip(*tiles)
         shape = out_shape(problem.layouts)
-        values = evaluate(boxes, order, [None] * len(boxes))
+        values = evaluate_boxes(boxes, order, [None] * len(boxes))
         return tile_together(shape, tiling, boxes, values)
     owners = list(table.funcs)
     boxes, masks = zip(*(owner_mask(table.plan, owner) for owner in owners))
-    values = evaluate(boxes, owners, masks)
+    values = evaluate_boxes(boxes, owners, masks)
     return select_masked(problem.layouts, boxes, masks, values)
 
 

@@ -28,9 +28,10 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, PyTree
 
-from ._assemble import tile_together
+from ._assemble import check_outputs, tile_together
 from ._geometry import DimLayout, out_shape
-from ._lower import Problem, Table, check_outputs
+from ._lower import evaluate_on
+from ._problem import Problem, Table
 from ._regions import MAX_BOXES, Box, Plan, decompose
 
 
@@ -166,7 +167,9 @@ def _block(
             for (start, stop), lay in zip(box[m:], layouts[m:])
         ]
         sources = [lax.dynamic_slice(field, starts, sizes) for field in work]
-        value = problem.evaluate_on(table.funcs[owner], sources, box, table.taps[owner])
+        value = evaluate_on(
+            problem, table.funcs[owner], sources, box, table.taps[owner]
+        )
         values.append(_written_back(value, box, problem, table.names[owner]))
     boxes = [box for box, _ in tiles]
     check_outputs(values, boxes, [table.names[owner] for _, owner in tiles])

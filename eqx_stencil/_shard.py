@@ -33,7 +33,8 @@ from jaxtyping import Array, PyTree
 
 from ._geometry import DimLayout, out_shape
 from ._halo import HaloProblem, ShardedDim, exchange
-from ._lower import Fields, Problem, Table
+from ._lower import evaluate
+from ._problem import Fields, Problem, Table
 from ._regions import Box, Plan, _outer_and, decompose
 from ._scan import _deltas, scan_axes
 
@@ -392,7 +393,7 @@ def run_sharded(
         if shared is not None:  # outside the switch, so it needs no halo
             box, owner = shared
             func, taps = tables[0].funcs[owner], tables[0].taps[owner]
-            value = local.evaluate(func, box, taps)
+            value = evaluate(local, func, box, taps)
             local = dataclasses.replace(local, known=(box, func, value))
         position = tuple(lax.axis_index(dim.names) for dim in dims)
         branches = [lambda t=t: run(local, t) for t in tables]

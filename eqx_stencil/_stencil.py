@@ -46,7 +46,8 @@ from ._geometry import (
     out_shape,
 )
 from ._indexing import WindowIndex
-from ._lower import Fields, Problem, Table, as_fields, lower, resolve_table
+from ._lower import lower
+from ._problem import Fields, Problem, Table, as_fields, resolve_table
 from ._regions import DataMask, Mask, Region
 from ._scan import sweep
 from ._shard import check_sharding, find_sharding, run_sharded

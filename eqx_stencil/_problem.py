@@ -1,0 +1,236 @@
+"""The data model of one application of a stencil: fields, problem, table.
+
+`Stencil.__call__` turns its input into `Fields` (`as_fields`), ties them to
+the stencil's geometry and the call's arguments in a `Problem`, and resolves
+the region table against it (`resolve_table`: the static owner plan of
+`_regions.plan`, plus every owner's function and the taps it reads). The
+lowerings (`_lower.py`, `_scan.py`) read everything from these two objects:
+the `Problem` says which piece of the (virtually) padded input a box of outputs
+reads (`source_range`, `sources`), the `Table` which function runs where.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, ArrayLike, PyTree, PyTreeDef
+
+from ._boundary import padded_box
+from ._geometry import Cval, DimLayout
+from ._indexing import WindowIndex
+from ._regions import Box, Plan, Region, describe, plan
+from ._window import NeedsWindow, TapProxy
+
+
+# A tap read by a function: (field, window index), `field` numbering the leaves
+# of the stencil's input (0 for a plain array).
+Tap = tuple[int, tuple[int, ...]]
+Taps = tuple[Tap, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fields:
+    """The stencil's input: the leaves of a pytree of same-shape arrays (one
+    leaf, structure `*`, for a plain array)."""
+
+    arrays: tuple[Array, ...]
+    structure: PyTreeDef  # pyright: ignore[reportInvalidTypeForm]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.arrays[0].shape
+
+
+def as_fields(tree: PyTree[ArrayLike], name: str = "array") -> Fields:
+    """Validate the input: a non-empty pytree of arrays of one shape."""
+    leaves, structure = jtu.tree_flatten(tree)
+    if not leaves:
+        raise ValueError(
+            f"{name} must be an array or a pytree of same-shape arrays; got "
+            f"{tree!r}, which holds no array."
+        )
+    for path, leaf in jtu.tree_flatten_with_path(tree)[0]:
+        if not isinstance(leaf, (jax.Array, np.ndarray)) and not hasattr(
+            leaf, "__jax_array__"
+        ):
+            raise TypeError(
+                f"{name} must be an array or a pytree (tuple, list, dict, Module) of "
+                f"same-shape arrays, its fields; got {type(tree).__name__} whose "
+                f"leaf {jtu.keystr(path) or 'root'} is {leaf!r} of type "
+                f"{type(leaf).__name__}, not an array. A list of numbers is a "
+                "pytree of scalar fields: for one array pass jnp.asarray(...)."
+            )
+    arrays = tuple(jnp.asarray(leaf) for leaf in leaves)
+    shapes = {array.shape for array in arrays}
+    if len(shapes) > 1:
+        paths = [jtu.keystr(path) for path, _ in jtu.tree_flatten_with_path(tree)[0]]
+        found = ", ".join(f"{p or 'root'}: {a.shape}" for p, a in zip(paths, arrays))
+        raise ValueError(
+            f"every field of {name} must have the same shape; got {found}."
+        )
+    return Fields(arrays, structure)
+
+
+def tap_proxies(
+    fields: Fields, index: WindowIndex, lookup: Callable[[Tap], Any]
+) -> PyTree:
+    """One `TapProxy` per field, in the fields' structure: `x[i, j]` of field
+    `f` is `lookup((f, (i, j)))`."""
+    proxies = [
+        TapProxy(index, lambda tap, f=f: lookup((f, tap)))
+        for f in range(fields.structure.num_leaves)
+    ]
+    return fields.structure.unflatten(proxies)
+
+
+def record_taps(
+    func: Callable, index: WindowIndex, fields: Fields, args: tuple, kwargs: dict
+) -> Taps | None:
+    """The taps `func` reads, or `None` when it uses its window as a whole."""
+    seen: dict[Tap, None] = {}
+
+    def lookup(tap: Tap) -> Array:
+        seen[tap] = None
+        return jnp.zeros((), fields.arrays[tap[0]].dtype)
+
+    def run(args: tuple, kwargs: dict) -> Any:
+        out = func(tap_proxies(fields, index, lookup), *args, **kwargs)
+        if any(isinstance(leaf, TapProxy) for leaf in jtu.tree_leaves(out)):
+            raise NeedsWindow  # returns the window itself (patches)
+        return out
+
+    try:
+        eqx.filter_eval_shape(run, args, kwargs)
+    except (NeedsWindow, TypeError, ValueError, AttributeError):
+        # Whole-window use (`jnp.sum(x)` fails in JAX before our signal can be
+        # raised). The window lowering runs the function on real windows, so a
+        # genuine error in the function surfaces there.
+        return None
+    return tuple(seen)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One application of a stencil: the input fields, their layout, the
+    window's index rules, the boundary fill and the call's extra arguments.
+
+    Output box `box` (per dim `[start, stop)` of output positions) reads the
+    padded coordinates `source_range(box)`; `sources(box)` is that piece of
+    every field, padded by the boundary mode without padding the whole input.
+    """
+
+    fields: Fields
+    layouts: tuple[DimLayout, ...]
+    index: WindowIndex
+    boundary: str
+    cval: Cval
+    args: tuple
+    kwargs: dict
+
+    @property
+    def anchor_key(self) -> tuple[int, ...]:
+        """The key that reads a window's anchor tap (relative or absolute)."""
+        relative = self.index.relative
+        return tuple(0 if relative else layout.anchor for layout in self.layouts)
+
+    def taps(self, func: Callable) -> Taps | None:
+        """The taps `func` reads (see `record_taps`)."""
+        return record_taps(func, self.index, self.fields, self.args, self.kwargs)
+
+    def source_range(self, box: Box) -> Box:
+        """The padded coordinates `[start, stop)` per dim that the windows of
+        the outputs in `box` read."""
+        return tuple(
+            layout.source(start, stop)
+            for (start, stop), layout in zip(box, self.layouts)
+        )
+
+    def padded(self, box: Sequence[tuple[int, int]]) -> list[Array]:
+        """Every field's piece `box` (padded coordinates) of the padded input."""
+        return [
+            padded_box(x, self.layouts, box, self.boundary, self.cval)
+            for x in self.fields.arrays
+        ]
+
+    def sources(self, box: Box) -> list[Array]:
+        """Every field's piece of the padded input read by the outputs in `box`."""
+        return self.padded(self.source_range(box))
+
+    def precomputed(self, box: Box, func: Callable) -> PyTree[Array] | None:
+        """`func`'s values on `box` if they were computed before, else `None`
+        (a shard's interior: see `_halo.HaloProblem`)."""
+        del box, func
+        return None
+
+
+def keep_input(problem: Problem) -> Callable:
+    """The function returning a window's anchor tap: its input value(s)."""
+    anchor, structure = problem.anchor_key, problem.fields.structure
+
+    def keep(windows: PyTree, *args: Any, **kwargs: Any) -> PyTree:
+        del args, kwargs  # the call's extra arguments, unused
+        values = [window[anchor] for window in structure.flatten_up_to(windows)]
+        return structure.unflatten(values)
+
+    return keep
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """A region table resolved against a problem: the static owner plan, and
+    for every owner present its function, taps and name."""
+
+    plan: Plan
+    funcs: dict[int, Callable]
+    taps: dict[int, Taps | None]
+    names: dict[int, str]
+
+
+def resolve_table(
+    problem: Problem,
+    funcs: Sequence[Callable | None],
+    regions: Sequence[Region],
+    frame: Region | None = None,
+) -> Table:
+    """`funcs[0]` is the default function (or `None`), `funcs[r + 1]` the
+    function of `regions[r]`. With a `frame`, positions outside it keep their
+    input value (the window's anchor tap)."""
+    owners = plan(problem.layouts, regions, funcs[0] is not None, frame)
+    funcs = (*funcs, keep_input(problem))
+    names = [describe(region) for region in (None, *regions, frame)]
+    return make_table(problem, owners, funcs, names)
+
+
+def make_table(
+    problem: Problem,
+    owners: Plan,
+    funcs: Sequence[Callable | None],
+    names: Sequence[str],
+    hint: str = "",
+) -> Table:
+    """The table of `owners`' owners: owner `o` runs `funcs[o]`, named
+    `names[o]`. A position owned by none (`-1`) is an error naming it (`hint`
+    appended)."""
+    uncovered = np.argwhere(owners.owners < 0)
+    if len(uncovered):
+        position = owners.position(uncovered[0])
+        raise ValueError(
+            f"output position {position} is covered by no region and the stencil "
+            "has no default function: add a region covering it with "
+            f".at[index].set(func), or give a default function.{hint}"
+        )
+    present = [int(owner) for owner in np.unique(owners.owners)]
+    used = {owner: cast(Callable, funcs[owner]) for owner in present}
+    return Table(
+        plan=owners,
+        funcs=used,
+        taps={owner: problem.taps(func) for owner, func in used.items()},
+        names={owner: names[owner] for owner in present},
+    )
