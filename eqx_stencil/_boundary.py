@@ -86,7 +86,7 @@ def _unrepresentable(cval: Cval, dtype: np.dtype) -> str | None:
     return None
 
 
-def _runs(indices: Sequence[int]) -> list[tuple[int, int, int]]:
+def _index_runs(indices: Sequence[int]) -> list[tuple[int, int, int]]:
     """Split into maximal runs `(first_index, length, step)`, step in {1,-1,0}."""
     runs: list[tuple[int, int, int]] = []
     for index in indices:
@@ -155,12 +155,12 @@ def padded_box(
 ) -> Array:
     """The box `[start, stop)` per dim of `x` padded by `layouts` in `mode`.
 
-    Per dim, the padded coordinates split into runs (`_runs`); every product
+    Per dim, the padded coordinates split into runs (`_index_runs`); every product
     of runs is one block, read from `x` in one piece (`_cell`), so the box
     costs O(box) forward and backward."""
     fill = fill_value(cval if mode == "constant" else 0, x.dtype)
     runs = [
-        _runs(_source_indices(layout.size, layout.lo, start, stop, mode))
+        _index_runs(_source_indices(layout.size, layout.lo, start, stop, mode))
         for layout, (start, stop) in zip(layouts, box)
     ]
     if not all(runs):  # an empty box

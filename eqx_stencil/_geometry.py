@@ -45,23 +45,40 @@ def is_int(value: Any) -> bool:
     return True
 
 
+def check_int(
+    name: str,
+    item: Any,
+    minimum: int = 1,
+    *,
+    accepted: str | None = None,
+    value: Any = None,
+    also: int | None = None,
+) -> int:
+    """`item` as a plain int `>= minimum` (or equal to `also`), else a
+    `TypeError`/`ValueError` saying `name` must be `accepted` (default: an int
+    `>= minimum`) and showing what was received: the item and its type for a
+    non-int, `value` (the whole argument `item` belongs to, default `item`) for
+    an int out of range."""
+    accepted = accepted or f"an int >= {minimum}"
+    if not is_int(item):
+        raise TypeError(
+            f"{name} must be {accepted}; got {item!r} of type {type(item).__name__}."
+        )
+    number = operator.index(item)
+    if number >= minimum or number == also:
+        return number
+    shown = item if value is None else value
+    raise ValueError(f"{name} must be {accepted}; got {shown!r}.")
+
+
 def normalize_ints(name: str, value: Any, *, minus_one: bool = False) -> IntOrTuple:
     """Validate an int-or-tuple-of-ints argument; return it with plain ints."""
     accepted = "an int >= 1" + (" or -1 (the whole dim)" if minus_one else "")
+    accepted += ", or a tuple of those (one per dim)"
+    also = -1 if minus_one else None
 
     def check(item: Any) -> int:
-        if not is_int(item):
-            raise TypeError(
-                f"{name} must be {accepted}, or a tuple of those (one per dim); "
-                f"got {item!r} of type {type(item).__name__}."
-            )
-        item = operator.index(item)
-        if item >= 1 or (minus_one and item == -1):
-            return item
-        raise ValueError(
-            f"{name} must be {accepted}, or a tuple of those (one per dim); "
-            f"got {value!r}."
-        )
+        return check_int(name, item, accepted=accepted, value=value, also=also)
 
     if isinstance(value, (tuple, list)):
         if len(value) == 0:
@@ -231,6 +248,11 @@ def _per_dim(name: str, value: Any, ndim: int, shape: tuple[int, ...]) -> tuple:
     return (value,) * ndim
 
 
+def anchor_tap(kernel: int) -> int:
+    """Tap index of the relative origin `x[0]` of a window of `kernel` taps."""
+    return (kernel - 1) // 2
+
+
 @dataclasses.dataclass(frozen=True)
 class DimLayout:
     """The geometry of one dim, resolved against an input length.
@@ -264,7 +286,12 @@ class DimLayout:
     @property
     def anchor(self) -> int:
         """Tap index of the relative origin `x[0]`."""
-        return (self.kernel - 1) // 2
+        return anchor_tap(self.kernel)
+
+    def anchor_input(self, position: Any) -> Any:
+        """Input coordinate of the anchor of output `position` (an int or an
+        integer array)."""
+        return position * self.stride + self.anchor * self.dilation - self.lo
 
     def source(self, start: int, stop: int) -> tuple[int, int]:
         """Padded coordinates `[first, last)` read by the outputs `[start, stop)`."""

@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._geometry import anchor_tap
+
 
 Resolved = tuple[int | slice | None | np.ndarray, ...]
 
@@ -58,7 +60,7 @@ class WindowIndex:
         """Allowed offsets `[low, high]` in dim `dim` (inclusive)."""
         k = self.kernel[dim]
         if self.relative:
-            anchor = (k - 1) // 2
+            anchor = anchor_tap(k)
             return -anchor, k - 1 - anchor
         # Absolute: ints index like Python (negative from the end); a named
         # offset counts from the window's first tap.
@@ -84,7 +86,7 @@ class WindowIndex:
                 f"allowed {self._range_text(dim, named)}."
             )
         if self.relative:
-            return offsets + (self.kernel[dim] - 1) // 2
+            return offsets + anchor_tap(self.kernel[dim])
         return offsets % self.kernel[dim]
 
     def _parse_named(self, item: str, key: Any) -> tuple[int, int]:

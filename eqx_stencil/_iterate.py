@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -10,21 +9,10 @@ import jax
 from jax import lax
 
 from ._deep_halo import deep_halo_block
-from ._geometry import IntLike, is_int
+from ._geometry import IntLike, check_int
 
 
 State = TypeVar("State")
-
-
-def _check_count(value: Any, name: str, minimum: int) -> int:
-    if not is_int(value):
-        raise TypeError(
-            f"{name} must be an int >= {minimum}; got {value!r} of type "
-            f"{type(value).__name__}."
-        )
-    if operator.index(value) < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
-    return operator.index(value)
 
 
 def _steps(step: Callable[[State], State], state: State, count: int) -> State:
@@ -97,13 +85,13 @@ def iterate(
             "step must be callable (a function from the state to the next state); "
             f"got {step!r} of type {type(step).__name__}."
         )
-    num_steps = _check_count(num_steps, "num_steps", 0)
+    num_steps = check_int("num_steps", num_steps, 0)
     if halo_every is not None:
-        every = _check_count(halo_every, "halo_every", 1)
+        every = check_int("halo_every", halo_every)
         return _deep_halos(step, init, num_steps, every, checkpoint_every)
     if checkpoint_every is None:
         return _steps(step, init, num_steps)
-    every = _check_count(checkpoint_every, "checkpoint_every", 1)
+    every = check_int("checkpoint_every", checkpoint_every)
     blocks, rest = divmod(num_steps, every)
     block = jax.checkpoint(lambda state: _steps(step, state, every))
     return _steps(step, _steps(block, init, blocks), rest)
@@ -118,7 +106,7 @@ def _deep_halos(
 ) -> State:
     """`iterate` in blocks of `every` steps, one deep halo exchange each."""
     if checkpoint_every is not None:
-        checkpoint_every = _check_count(checkpoint_every, "checkpoint_every", 1)
+        checkpoint_every = check_int("checkpoint_every", checkpoint_every)
         if checkpoint_every % every:
             raise ValueError(
                 f"checkpoint_every={checkpoint_every} must be a multiple of "

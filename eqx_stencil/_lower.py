@@ -170,7 +170,7 @@ def _shift_lowering(
         table = dict(zip(taps, values))
         return func(tap_proxies(fields, index, table.__getitem__), *args, **kwargs)
 
-    planes = _planes(sources, problem.layouts, box, taps, guard)
+    planes = _tap_planes(sources, problem.layouts, box, taps, guard)
     return _map_positions(per_position, box, tuple(planes))
 
 
@@ -259,7 +259,7 @@ def _tap_slice(
     return lax.slice(source, starts, limits, strides)
 
 
-def _planes(
+def _tap_planes(
     sources: Sequence[Array],
     layouts: Sequence[DimLayout],
     box: Box,

@@ -139,8 +139,7 @@ def _dim_selection(entry: Any, size: int, dim: int, region: Region) -> np.ndarra
 
 def _anchor_coordinates(layout: DimLayout) -> np.ndarray:
     """Input coordinate of each output position's anchor tap, in one dim."""
-    anchor = (layout.kernel - 1) // 2
-    return np.arange(layout.out) * layout.stride + anchor * layout.dilation - layout.lo
+    return layout.anchor_input(np.arange(layout.out))
 
 
 def _output_selections(
@@ -204,6 +203,16 @@ class Plan:
 
     def position(self, cell: Sequence[int] | np.ndarray) -> tuple[int, ...]:
         return tuple(int(self.edges[d][c]) for d, c in enumerate(cell))
+
+
+def cell_plan(owners: np.ndarray) -> Plan:
+    """The plan of a grid owned position by position (`owners`, one per
+    output position): one cell per position, none counted as interior."""
+    return Plan(
+        edges=tuple(tuple(range(n + 1)) for n in owners.shape),
+        owners=owners,
+        interior=np.zeros(owners.shape, dtype=bool),
+    )
 
 
 def plan(
@@ -285,7 +294,7 @@ def stack_data(
     return dataclasses.replace(plan, owners=owners.astype(np.int32)), stacks
 
 
-def _runs(labels: np.ndarray) -> list[tuple[int, int]]:
+def _equal_runs(labels: np.ndarray) -> list[tuple[int, int]]:
     """Maximal runs of equal sub-arrays along axis 0."""
     runs: list[tuple[int, int]] = []
     for i in range(len(labels)):
@@ -338,7 +347,7 @@ def _guillotine(
         axis = order[len(spans)]
         edges = plan.edges[axis]
         children: list[Any] = []
-        for start, stop in _runs(sub):
+        for start, stop in _equal_runs(sub):
             inner = {**spans, axis: (edges[start], edges[stop])}
             if sub.ndim == 1:
                 box = tuple(inner[d] for d in range(len(order)))

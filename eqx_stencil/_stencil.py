@@ -360,8 +360,7 @@ def _check_anchors_in_input(problem: Problem) -> None:
     """Without a default function every position needs a region, and regions
     select anchors by input coordinate: an anchor in the padding has none."""
     for dim, layout in enumerate(problem.layouts):
-        first = layout.anchor * layout.dilation - layout.lo
-        last = first + (layout.out - 1) * layout.stride
+        first, last = layout.anchor_input(0), layout.anchor_input(layout.out - 1)
         if first >= 0 and last < layout.size:
             continue
         o = 0 if first < 0 else (layout.size - first - 1) // layout.stride + 1
