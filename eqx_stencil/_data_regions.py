@@ -15,15 +15,23 @@ the last runs the last function (*clamped*).
 The lowering rule: **always select**. The static plan (`_regions.stack_data`)
 splits every static owner by the data regions that may win over it (those
 later in the table, on anchors inside the input); each such stack becomes one
-function of the table that evaluates the static owner's function and every
-data region's function on its windows and picks per position with
-`lax.select_n`, by the masks' values at the window's anchor. Each function is
-thus evaluated on the tiles where it may win (never on tiles a later static
-region owns), and fused with the others into one loop, like a hand-written
-`jnp.where`. The masks travel as extra (hidden) fields of the problem, read at
-the anchor tap: the map lowerings slice them like the input, `kscan` reads them
-from its working array at every step (the sweep honours data regions) and the
-sharded path exchanges their halos like the input's.
+function of the table that evaluates the static owner's function and the
+functions of the data layers that may win there, and computes the pick (which
+candidate wins, by the masks' values at the window's anchor). Each function is
+thus evaluated on the tiles where it may win, never on tiles a later static
+region owns. A map's stack returns the pick and every candidate's value (the
+owner's own value in the place of a layer that cannot win there: the pick
+never names it there), the tiles are assembled candidate by candidate, and
+`finish` selects with one `lax.select_n` over the whole output, the
+hand-written `jnp.where(mask, obstacle, step(u))`. Selecting last, not tile by
+tile, matters: XLA then fuses the tiles' assembly (the interior's pad, the
+boundary strips) into that one selection loop, whose output needs no copy in a
+`fori_loop`; a per-tile selection left the in-place strip writes as separate
+kernels plus a copy of the whole array per step. A sweep (`kscan`) selects
+per position, since a later window reads the picked value. The masks travel as extra (hidden) fields of the problem,
+read at the anchor tap: the map lowerings slice them like the input, `kscan`
+reads them from its working array at every step (the sweep honours data
+regions) and the sharded path exchanges their halos like the input's.
 
 Gradients: a function's windows are passed through
 `where(picked, w, stop_gradient(w))`, so a function that is not picked at a
@@ -36,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import equinox as eqx
 import jax
@@ -136,11 +144,13 @@ def resolve_regions(
     frame: Region | None,
     writes_back: bool,
 ) -> tuple[Problem, Table, Callable[[PyTree], PyTree]]:
-    """The problem and table to run (see `_lower.resolve_table`), and the
+    """The problem and table to run (see `_problem.resolve_table`), and the
     function that turns the run's result into the stencil's output. With data
-    regions, their arrays are appended to the problem's fields and the table's
-    functions select per position; a sweep (`writes_back`) writes the masks
-    back unchanged and `finish` drops them."""
+    regions, their arrays are appended to the problem's fields. A map's table
+    functions return every candidate's value and the pick, and `finish`
+    selects on the whole output; a sweep's select per position (a later window
+    reads the picked value) and write the masks back unchanged, which `finish`
+    drops."""
     numbers = [n for n, r in enumerate(regions, start=1) if isinstance(r, DataMask)]
     if not numbers:
         return problem, resolve_table(problem, funcs, regions, frame), _identity
@@ -155,20 +165,23 @@ def resolve_regions(
     stacked, stacks = stack_data(static, problem.layouts, regions)
     bases = (*funcs, keep_input(problem))
     names = [describe(region) for region in (None, *regions, frame)]
-    layer_of = dict(zip(numbers, range(len(numbers))))
+    layers = [
+        Layer(mask, threshold, f, _layer_name(regions[n - 1], threshold), n)
+        for mask, n in enumerate(numbers)
+        for threshold, f in enumerate(masked[mask].funcs, start=1)
+    ]
     composed: list[Callable | None] = []
     stack_names = []
     for owner, above in stacks:
-        layers = [
-            (layer_of[n], threshold, f, _layer_name(regions[n - 1], threshold))
-            for n in above
-            for threshold, f in enumerate(masked[layer_of[n]].funcs, start=1)
-        ]
         composed.append(
             None
             if owner < 0
             else _stacked(
-                cast(Callable, bases[owner]), names[owner], layers, problem, writes_back
+                cast(Callable, bases[owner]),
+                names[owner],
+                [layer if layer.number in above else None for layer in layers],
+                problem,
+                writes_back,
             )
         )
         stack_names.append(
@@ -179,7 +192,15 @@ def resolve_regions(
         "program is built."
     )
     table = make_table(augmented, stacked, composed, stack_names, hint)
-    return augmented, table, (lambda out: out[0]) if writes_back else _identity
+    return augmented, table, _first if writes_back else _pick
+
+
+def _first(out: tuple[PyTree, Any]) -> PyTree:
+    return out[0]
+
+
+def _pick(out: tuple[Array, Sequence[PyTree]]) -> PyTree:
+    return _select(*out)
 
 
 def _layer_name(region: Region, threshold: int) -> str:
@@ -236,42 +257,65 @@ def _sharded_like(values: Array, field: Array) -> Array:
     return jax.sharding.reshard(values, sharding.spec)
 
 
+class Layer(NamedTuple):
+    """A data region's function: `func` runs where data mask `mask` (its index
+    among the masks) is at least `threshold` (`True` for a boolean mask);
+    `number` is the region's place in the table."""
+
+    mask: int
+    threshold: int
+    func: Callable
+    name: str
+    number: int
+
+
 def _stacked(
     base: Callable,
     name: str,
-    layers: Sequence[tuple[int, int, Callable, str]],
+    layers: Sequence[Layer | None],
     problem: Problem,
     writes_back: bool,
 ) -> Callable:
-    """The function of one stack: `base` (named `name`), or layer
-    `(mask, threshold, f, name)`'s `f` where the mask's value at the anchor is
-    at least `threshold` (later layers winning), called on the augmented
-    windows `(inputs, masks)`."""
+    """The function of one stack, called on the augmented windows
+    `(inputs, masks)`: `base` (named `name`), or the function of the last layer
+    whose mask holds at the anchor (`None`: a layer that cannot win here).
+
+    A map's returns the pick and every candidate's value (the base's in the
+    place of a layer that cannot win), selected by `finish` on the whole
+    output, so that XLA fuses the tiles' assembly into that one selection; a
+    sweep's returns the picked value and the masks at the anchor."""
     relative, structure = problem.index.relative, problem.fields.structure
     anchor = tuple(0 if relative else layout.anchor for layout in problem.layouts)
-    candidates = [base, *(layer[2] for layer in layers)]
-    names = [name, *(layer[3] for layer in layers)]
+    dtype = jnp.bool_ if len(layers) == 1 else jnp.int32
+    names = [name if layer is None else layer.name for layer in (None, *layers)]
+    live = [(number, layer) for number, layer in enumerate(layers, 1) if layer]
 
     def stacked(windows: tuple[PyTree, tuple], *a: Any, **kw: Any) -> PyTree:
         inputs, masks = windows
-        if not layers:
-            out = base(inputs, *a, **kw)
-        else:
-            which = jnp.zeros((), jnp.int32)
-            for number, (mask, threshold, _, _) in enumerate(layers, start=1):
-                value = masks[mask][anchor]
-                picked = (
-                    value if value.dtype == jnp.bool_ else jnp.real(value) >= threshold
-                )
-                which = jnp.where(picked, number, which)
-            values = [
-                unwrap_windows(f(_guarded(inputs, which == i, structure), *a, **kw))
-                for i, f in enumerate(candidates)
-            ]
-            out = _select(which, values, names)
-        if writes_back:
-            return out, tuple(mask[anchor] for mask in masks)
-        return out
+        which = jnp.zeros((), dtype)
+        for number, layer in live:
+            value = masks[layer.mask][anchor]
+            picked = (
+                value
+                if value.dtype == jnp.bool_
+                else jnp.real(value) >= layer.threshold
+            )
+            which = jnp.where(picked, jnp.asarray(number, dtype), which)
+
+        def call(func: Callable, number: int) -> PyTree:
+            guarded = _guarded(inputs, which == number, structure) if live else inputs
+            return unwrap_windows(func(guarded, *a, **kw))
+
+        own = call(base, 0)
+        values = [
+            own if layer is None else call(layer.func, number)
+            for number, layer in enumerate(layers, start=1)
+        ]
+        candidates = _promoted([own, *values], names)
+        if not writes_back:
+            return which, candidates
+        out = _select(which, candidates) if live else own
+        return out, tuple(mask[anchor] for mask in masks)
 
     return stacked
 
@@ -291,8 +335,9 @@ def _guarded(inputs: PyTree, picked: Array, structure: PyTreeDef) -> PyTree:  # 
     return structure.unflatten([window(w) for w in structure.flatten_up_to(inputs)])
 
 
-def _select(which: Array, values: Sequence[PyTree], names: Sequence[str]) -> PyTree:
-    """Per position, the value of candidate `which` (dtypes promoted)."""
+def _promoted(values: Sequence[PyTree], names: Sequence[str]) -> list[PyTree]:
+    """The candidates' values at one position, their leaves cast to the dtype
+    promoted across candidates; every candidate must return the same shapes."""
     leaves, structure = jtu.tree_flatten(values[0])
     shapes = [jnp.shape(leaf) for leaf in leaves]
     groups = [leaves]
@@ -307,9 +352,22 @@ def _select(which: Array, values: Sequence[PyTree], names: Sequence[str]) -> PyT
                 "a stencil must return the same shape."
             )
         groups.append(found)
-    out = []
-    for group in zip(*groups):
-        dtype = jnp.result_type(*group)
-        cases = [jnp.asarray(leaf, dtype) for leaf in group]
-        out.append(lax.select_n(jnp.broadcast_to(which, cases[0].shape), *cases))
-    return structure.unflatten(out)
+    dtypes = [jnp.result_type(*group) for group in zip(*groups)]
+    return [
+        structure.unflatten(
+            [jnp.asarray(leaf, dtype) for leaf, dtype in zip(group, dtypes)]
+        )
+        for group in groups
+    ]
+
+
+def _select(which: Array, values: Sequence[PyTree]) -> PyTree:
+    """Per position, the value of candidate `which` (a position's pick, or the
+    picks of the whole output, whose leaves may have trailing dims)."""
+
+    def select(*cases: Array) -> Array:
+        trailing = (1,) * (jnp.ndim(cases[0]) - which.ndim)
+        which_ = jnp.broadcast_to(which.reshape(which.shape + trailing), cases[0].shape)
+        return lax.select_n(which_, *cases)
+
+    return jtu.tree_map(select, *values)
