@@ -14,7 +14,7 @@ from .._stencil import kmap
 from ._parse import (
     PADDING_MODES,
     check_input,
-    check_positive_int,
+    check_int,
     check_spatial_dims,
     ntuple,
     parse_padding_mode,
@@ -81,7 +81,7 @@ class AverageBlur(eqx.Module):
         blur(jnp.array([[3.0, 0.0, 0.0, 6.0]]))  # [[1, 1, 2, 2]]
         ```
         """
-        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.in_channels = check_int("in_channels", in_channels)
         if num_spatial_dims is None:
             is_sequence = isinstance(kernel_size, Sequence)
             num_spatial_dims = len(kernel_size) if is_sequence else 2  # pyright: ignore[reportArgumentType]

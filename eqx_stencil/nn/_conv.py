@@ -42,8 +42,8 @@ from ._parse import (
     PADDING_MODES,
     Pads,
     check_input,
+    check_int,
     check_output_shape,
-    check_positive_int,
     check_spatial_dims,
     default_floating_dtype,
     ntuple,
@@ -253,9 +253,9 @@ class Conv(eqx.Module):
         ```
         """
         n = check_spatial_dims(num_spatial_dims)
-        in_channels = check_positive_int("in_channels", in_channels)
-        out_channels = check_positive_int("out_channels", out_channels)
-        groups = check_positive_int("groups", groups)
+        in_channels = check_int("in_channels", in_channels)
+        out_channels = check_int("out_channels", out_channels)
+        groups = check_int("groups", groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels={in_channels} and out_channels={out_channels} must both "

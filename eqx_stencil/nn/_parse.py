@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._geometry import is_int
+from .._geometry import DimLayout, check_int, is_int, out_shape
 
 
 PADDING_MODES = {
@@ -30,21 +30,8 @@ PADDING_STRINGS = ("SAME", "SAME_LOWER", "VALID")
 Pads = tuple[tuple[int, int], ...]
 
 
-def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    """`value` as a plain int, or an error naming `name`."""
-    if not is_int(value):
-        raise TypeError(
-            f"{name} must be an int >= {minimum}; got {value!r} of type "
-            f"{type(value).__name__}."
-        )
-    value = operator.index(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
-    return value
-
-
 def check_spatial_dims(num_spatial_dims: Any) -> int:
-    return check_positive_int("num_spatial_dims", num_spatial_dims)
+    return check_int("num_spatial_dims", num_spatial_dims)
 
 
 def ntuple(name: str, value: Any, n: int, *, minimum: int = 1) -> tuple[int, ...]:
@@ -59,16 +46,9 @@ def ntuple(name: str, value: Any, n: int, *, minimum: int = 1) -> tuple[int, ...
         items = tuple(value)
     else:
         items = (value,) * n
-
-    def check(item: Any) -> int:
-        if not is_int(item):
-            raise TypeError(f"{name} must be {accepted}; got {value!r}.")
-        item = operator.index(item)
-        if item < minimum:
-            raise ValueError(f"{name} must be {accepted}; got {value!r}.")
-        return item
-
-    return tuple(check(item) for item in items)
+    return tuple(
+        check_int(name, item, minimum, accepted=accepted, value=value) for item in items
+    )
 
 
 def _pair(value: Any) -> bool:
@@ -134,21 +114,23 @@ def resolve_pads(
     `lax.conv_general_dilated` resolves a padding string."""
     if not isinstance(padding, str):
         return padding
-    spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))
+    unpadded = ((0, 0),) * len(spatial)
+    layouts = dim_layouts(spatial, kernel_size, stride, unpadded, dilation)
+    spans = [layout.span for layout in layouts]
     pads = lax.padtype_to_pads(spatial, spans, stride, padding)
     return tuple((int(lo), int(hi)) for lo, hi in pads)
 
 
-def output_shape(
+def dim_layouts(
     spatial: tuple[int, ...],
     kernel_size: tuple[int, ...],
     stride: tuple[int, ...],
     pads: Pads,
     dilation: tuple[int, ...],
-) -> tuple[int, ...]:
-    """Spatial output shape: `(n + lo + hi - d*(k-1) - 1) // s + 1` per dim."""
+) -> tuple[DimLayout, ...]:
+    """One `DimLayout` per spatial dim (the stencil's geometry of a layer)."""
     return tuple(
-        (n + lo + hi - d * (k - 1) - 1) // s + 1
+        DimLayout(n, k, s, d, lo, hi)
         for n, k, s, (lo, hi), d in zip(spatial, kernel_size, stride, pads, dilation)
     )
 
@@ -180,7 +162,7 @@ def check_output_shape(
     dilation: tuple[int, ...],
 ) -> tuple[int, ...]:
     """The output's spatial shape; an error if a dim would be empty."""
-    out = output_shape(spatial, kernel_size, stride, pads, dilation)
+    out = out_shape(dim_layouts(spatial, kernel_size, stride, pads, dilation))
     if min(out) < 1:
         raise ValueError(
             f"{layer}: an input of spatial shape {spatial} is too small for "

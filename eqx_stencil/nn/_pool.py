@@ -23,6 +23,7 @@ from ._parse import (
     check_input,
     check_output_shape,
     check_spatial_dims,
+    dim_layouts,
     ntuple,
     parse_pads,
 )
@@ -69,11 +70,14 @@ class _Pool(eqx.Module):
         window would otherwise be dropped when `use_ceil` (as `eqx.nn.Pool`)."""
         if not self.use_ceil:
             return self.padding
+        ones = (1,) * self.num_spatial_dims
+        layouts = dim_layouts(
+            spatial, self.kernel_size, self.stride, self.padding, ones
+        )
         pads = []
-        for n, (lo, hi), k, s in zip(
-            spatial, self.padding, self.kernel_size, self.stride
-        ):
-            pads.append((lo, hi) if (n + lo + hi - k) % s == 0 else (lo, hi + s))
+        for lay in layouts:
+            dropped = (lay.padded_size - lay.span) % lay.stride  # a partial window
+            pads.append((lay.lo, lay.hi + lay.stride if dropped else lay.hi))
         for (lo, hi), k in zip(pads, self.kernel_size):
             if max(lo, hi) > k:
                 raise ValueError(
