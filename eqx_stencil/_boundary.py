@@ -25,11 +25,19 @@ from ._geometry import Cval, DimLayout
 _FILL = -1
 
 
+# A run of input indices: `(first_index, length, step)`, step in {1, -1, 0};
+# `first_index` is `_FILL` for a run of fill.
+Run = tuple[int, int, int]
+
+
 @ft.lru_cache(maxsize=1024)
-def _source_indices(
-    size: int, lo: int, start: int, stop: int, mode: str
-) -> tuple[int, ...]:
-    """Input index of each padded coordinate in `[start, stop)` (-1: fill)."""
+def _dim_runs(size: int, lo: int, start: int, stop: int, mode: str) -> tuple[Run, ...]:
+    """The input indices of the padded coordinates `[start, stop)` of a dim of
+    length `size` padded by `lo` before, as maximal runs (`_index_runs`).
+
+    Only the padding's coordinates are looked up one by one (`np.pad` of the
+    indices); the ones inside the input are one run, so the cost does not grow
+    with the input."""
     first, last = start - lo, stop - lo  # input coordinates, may be out of range
     before, after = max(0, -first), max(0, last - size)
     if size == 0 and mode != "constant" and before + after:
@@ -41,8 +49,14 @@ def _source_indices(
         table = np.pad(np.arange(size), (before, after), constant_values=_FILL)
     else:
         table = np.pad(np.arange(size), (before, after), mode=mode)  # pyright: ignore
-    offset = first + before
-    return tuple(int(i) for i in table[offset : offset + stop - start])
+    indices = table[first + before : first + before + stop - start].tolist()
+    inside = max(0, min(last, size) - max(first, 0))  # coordinates in the input
+    head = min(before, len(indices))
+    segments = [(index, 1, 0) for index in indices[:head]]
+    if inside:
+        segments.append((max(first, 0), inside, 1))
+    segments += [(index, 1, 0) for index in indices[head + inside :]]
+    return tuple(_index_runs(segments))
 
 
 def fill_value(cval: Cval, dtype: Any) -> np.ndarray:
@@ -86,26 +100,37 @@ def _unrepresentable(cval: Cval, dtype: np.dtype) -> str | None:
     return None
 
 
-def _index_runs(indices: Sequence[int]) -> list[tuple[int, int, int]]:
-    """Split into maximal runs `(first_index, length, step)`, step in {1,-1,0}."""
-    runs: list[tuple[int, int, int]] = []
-    for index in indices:
+def _index_runs(segments: Sequence[Run]) -> list[Run]:
+    """Split the indices of `segments` (runs, not necessarily maximal) into
+    maximal runs, greedily from the first index."""
+    runs: list[Run] = []
+
+    def push(index: int) -> None:
         if runs:
             first, length, step = runs[-1]
             last = first + step * (length - 1)
             fill = first == _FILL
             if fill and index == _FILL:
                 runs[-1] = (first, length + 1, 0)
-                continue
+                return
             if not fill and index != _FILL:
                 candidate = index - last
                 if length == 1 and candidate in (1, -1, 0):
                     runs[-1] = (first, 2, candidate)
-                    continue
+                    return
                 if length > 1 and candidate == step:
                     runs[-1] = (first, length + 1, step)
-                    continue
+                    return
         runs.append((index, 1, 0))
+
+    for first, length, step in segments:
+        # After three indices of a segment the last run has its step: the rest
+        # of the segment extends it.
+        for k in range(min(length, 3)):
+            push(first + k * step)
+        if length > 3:
+            first, count, step = runs[-1]
+            runs[-1] = (first, count + length - 3, step)
     return runs
 
 
@@ -124,14 +149,16 @@ def _read(x: Array, starts: Sequence[int], sizes: Sequence[int]) -> Array:
     in-place `update(y, y[piece] + piece)`: O(piece) work in the backward
     pass, whatever the function does with the strip (`0.0 * u[0, 0]` too).
     """
+    if tuple(sizes) == x.shape:
+        return x
     if math.prod(sizes) > STRIP_FRACTION * x.size:
         limits = [start + size for start, size in zip(starts, sizes)]
         return lax.slice(x, starts, limits)
     opaque = lax.optimization_barrier(tuple(np.int32(start) for start in starts))
-    return lax.dynamic_slice(x, opaque, sizes)
+    return lax.dynamic_slice(x, opaque, sizes, allow_negative_indices=False)
 
 
-def _cell(x: Array, runs: Sequence[tuple[int, int, int]], fill: np.ndarray) -> Array:
+def _cell(x: Array, runs: Sequence[Run], fill: np.ndarray) -> Array:
     """One block of the box: a run per dim, read from `x` at once (reversed
     along reflected runs, broadcast along repeated ones) or filled."""
     shape = tuple(length for _, length, _ in runs)
@@ -160,15 +187,19 @@ def padded_box(
     costs O(box) forward and backward."""
     fill = fill_value(cval if mode == "constant" else 0, x.dtype)
     runs = [
-        _index_runs(_source_indices(layout.size, layout.lo, start, stop, mode))
+        _dim_runs(layout.size, layout.lo, start, stop, mode)
         for layout, (start, stop) in zip(layouts, box)
     ]
     if not all(runs):  # an empty box
         return jnp.zeros(tuple(stop - start for start, stop in box), x.dtype)
 
-    def join(chosen: tuple[tuple[int, int, int], ...]) -> Array:
+    def join(chosen: tuple[Run, ...]) -> Array:
         axis = len(chosen)
-        if axis == len(runs):
+        if any(first == _FILL for first, _, _ in chosen):
+            # A block of fill is one `full`, however many runs it spans.
+            lengths = (sum(length for _, length, _ in dim) for dim in runs[axis:])
+            chosen = (*chosen, *((_FILL, length, 0) for length in lengths))
+        if len(chosen) == len(runs):
             return _cell(x, chosen, fill)
         parts = [join((*chosen, run)) for run in runs[axis]]
         return parts[0] if len(parts) == 1 else lax.concatenate(parts, axis)
