@@ -250,6 +250,26 @@ def test_vmap_over_masks_is_one_program():
         _check(out, _heat_reference(x, [((0, Ellipsis), corner), *regions]))
 
 
+def test_map_picks_once_on_the_whole_output():
+    """A map picks its data layers last, by one `select_n` over the whole
+    assembled output (like `jnp.where(mask, obstacle, step(u))`), so that XLA
+    fuses the tiles' assembly into that loop; picking tile by tile left the
+    boundary strips' in-place writes as kernels of their own."""
+    x = jnp.ones((8, 6), jnp.float32)
+    mask = jnp.zeros((8, 6), bool).at[3:5, 2:4].set(True)
+    step = es.kmap(interior, **HEAT).at[0, :].set(corner).at[:, -1].set(wall)
+    for masked_step in (
+        step.at[mask].set(wall),
+        step.at[mask.astype(int)].set((interior, wall)),
+    ):
+        jaxpr = jax.make_jaxpr(masked_step)(x).jaxpr
+        (out,) = jaxpr.outvars
+        (last,) = [eqn for eqn in jaxpr.eqns if out in eqn.outvars]
+        assert last.primitive is jax.lax.select_n_p
+        assert last.outvars[0].aval.shape == x.shape
+        assert all(v.aval.shape == x.shape for v in last.invars)
+
+
 def test_grads_wrt_input_and_argument():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((6, 5)), jnp.float32)
