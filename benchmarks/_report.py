@@ -84,6 +84,73 @@ class Table:
     rows: tuple[Row, ...]
 
 
+THROUGHPUT_HEADERS = (
+    "case",
+    "variant",
+    "MiB per call",
+    "median ms",
+    "T_eff GB/s",
+    "copy GB/s",
+    "T_eff / copy",
+    "target",
+    "met?",
+)
+GB = 1e9
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What a memory-bound case must move per call, for its effective memory
+    throughput (ParallelStencil's `T_eff`): `moved` bytes / time.
+
+    - `moved`: bytes of the fields read and written once per call (a lower
+      bound on what any implementation moves; temporaries do not count).
+    - `copy`, `copy_moved`: the case's copy variant (an elementwise pass over
+      arrays like the case's, in the same process) and the bytes it reads and
+      writes per call: its bytes / time is the bandwidth a stencil can reach.
+    - `variants`: the variants reported; `judged`: those held to `target`
+      (`T_eff` at least this fraction of the copy's bandwidth).
+    """
+
+    moved: int
+    copy: str
+    copy_moved: int
+    variants: tuple[str, ...]
+    judged: tuple[str, ...]
+    target: float = 0.9
+
+    def judge(self, fraction: float) -> Verdict:
+        """The target's verdict on a measured fraction of the copy's bandwidth."""
+        text = f"T_eff {fraction:.2f} of copy (target ≥ {self.target:g})"
+        return Verdict(text, None, fraction >= self.target)
+
+
+def throughput_table(case: str, traffic: Traffic, medians: dict[str, float]) -> Table:
+    """`T_eff` of `traffic`'s variants (those timed) against the copy's
+    bandwidth: one row each; empty without the copy's time."""
+    if traffic.copy not in medians:
+        return Table(THROUGHPUT_HEADERS, ())
+    copy = traffic.copy_moved / medians[traffic.copy]
+    rows = []
+    for name in traffic.variants:
+        if name not in medians:
+            continue
+        t_eff = traffic.moved / medians[name]
+        verdicts = [traffic.judge(t_eff / copy)] if name in traffic.judged else []
+        cells = (
+            case,
+            name,
+            f"{traffic.moved / MIB:,.1f}",
+            ms(medians[name]),
+            f"{t_eff / GB:.1f}",
+            f"{copy / GB:.1f}",
+            f"{t_eff / copy:.2f}",
+        )
+        rows.append(Row(cells + verdict_cells(verdicts), tuple(verdicts)))
+    return Table(THROUGHPUT_HEADERS, tuple(rows))
+
+
 def ms(seconds: float) -> str:
     """Seconds as a millisecond cell."""
     return f"{seconds * 1e3:,.2f}"

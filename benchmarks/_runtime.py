@@ -17,7 +17,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._report import TIMING_HEADERS, Bar, Row, Table, Verdict, ms, timing_row
+from ._report import (
+    TIMING_HEADERS,
+    Bar,
+    Row,
+    Table,
+    Traffic,
+    Verdict,
+    ms,
+    throughput_table,
+    timing_row,
+)
 from ._timing import Budget, interleaved, single_call, warm_up
 
 
@@ -86,6 +96,8 @@ class RuntimeCase:
 
     `factory`: `module:function` and the JSON arguments that rebuild this
     case in a child process (needed by a variant with `limit_s`).
+    `traffic`: for a memory-bound case, the bytes it moves per call (its
+    variants' effective memory throughput is tabulated against its copy's).
     """
 
     name: str
@@ -93,6 +105,7 @@ class RuntimeCase:
     variants: Sequence[Variant]
     bars: Sequence[Bar] = ()
     factory: tuple[str, tuple[Any, ...]] | None = None
+    traffic: Traffic | None = None
 
 
 def child_once(factory: str, arguments: str, name: str, path: str) -> None:
@@ -233,8 +246,9 @@ def _rows(
     return tuple(rows)
 
 
-def run_case(case: RuntimeCase, budget: Budget) -> Table:
-    """Warm up and check every variant, time them interleaved, tabulate.
+def run_case(case: RuntimeCase, budget: Budget) -> Table | tuple[Table, Table]:
+    """Warm up and check every variant, time them interleaved, tabulate: the
+    timing table, and with `case.traffic` also the throughput table.
 
     A `once` variant's single call is its sample; it is not timed in rounds.
     """
@@ -261,4 +275,8 @@ def run_case(case: RuntimeCase, budget: Budget) -> Table:
     once = {name: [per_call_s.pop(name)] for name in calls if variants[name].once}
     calls = {name: call for name, call in calls.items() if name not in once}
     samples = interleaved(calls, args, per_call_s, budget) | once
-    return Table(TIMING_HEADERS, _rows(case, samples, failed))
+    timing = Table(TIMING_HEADERS, _rows(case, samples, failed))
+    if case.traffic is None:
+        return timing
+    medians = {name: statistics.median(s) for name, s in samples.items()}
+    return timing, throughput_table(case.name, case.traffic, medians)

@@ -25,8 +25,8 @@ from eqx_stencil._call import _programs
 from ._report import Bar, Row, Table, Verdict, verdict_cells
 from ._runtime import ES, HAND, RuntimeCase, Variant, run_case
 from ._timing import Budget
-from .heat import ALPHA, interior
-from .laplacian import field
+from .heat import ALPHA, interior, step_traffic
+from .laplacian import STEP_COPY, copy_steps, field
 
 
 N = 256
@@ -105,8 +105,15 @@ def static_run(mask: np.ndarray) -> Callable[[Array, Array], Array]:
     return run
 
 
+def copy_run(u0: Array, masks: Array) -> Array:
+    """`STEPS` in-place passes over a field per mask (the copy)."""
+    return copy_steps(STEPS)(jnp.broadcast_to(u0, masks.shape))
+
+
 def single_case(n: int = N) -> RuntimeCase:
-    """One obstacle mask: data, static and by hand."""
+    """One obstacle mask: data, static and by hand. Throughput as for the heat
+    case (reported, in cache); each step also reads the mask, one byte per
+    position."""
     mask = obstacles(n, seed=0)
     return RuntimeCase(
         f"heat {n}², {STEPS} steps, obstacles",
@@ -115,8 +122,10 @@ def single_case(n: int = N) -> RuntimeCase:
             Variant(ES, es_run),
             Variant(STATIC, static_run(mask)),
             Variant(HAND, hand_run),
+            Variant(STEP_COPY, copy_run, checked=False),
         ],
         bars=(Bar(ES, HAND, limit=1.2), Bar(STATIC, HAND, limit=None)),
+        traffic=step_traffic(n, STEPS, (ES, STATIC, HAND), mask_bytes=1),
     )
 
 
@@ -133,8 +142,10 @@ def vmap_case(n: int = N, batch: int = BATCH) -> RuntimeCase:
         [
             Variant(ES, jax.vmap(es_run, in_axes=(None, 0))),
             Variant(HAND, jax.vmap(hand_run, in_axes=(None, 0))),
+            Variant(STEP_COPY, copy_run, checked=False),
         ],
         bars=(Bar(ES, HAND, limit=1.2),),
+        traffic=step_traffic(n, STEPS, batch=batch, mask_bytes=1),
     )
 
 
@@ -175,10 +186,10 @@ def compilations(n: int = N) -> Table:
     return Table(COMPILE_HEADERS, tuple(rows))
 
 
-def run(budget: Budget) -> tuple[Table, Table, Table]:
-    """The timing tables and the compilation counts."""
-    return (
-        run_case(single_case(), budget),
-        run_case(vmap_case(), budget),
-        compilations(),
-    )
+def run(budget: Budget) -> tuple[Table, ...]:
+    """The timing and throughput tables and the compilation counts."""
+    tables: list[Table] = []
+    for case in (single_case(), vmap_case()):
+        result = run_case(case, budget)
+        tables += [result] if isinstance(result, Table) else result
+    return (*tables, compilations())

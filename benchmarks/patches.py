@@ -10,8 +10,9 @@ from jaxtyping import Array
 
 import eqx_stencil as es
 
-from ._report import Bar
+from ._report import Bar, Traffic
 from ._runtime import ES, HAND, KERNEX, LAX, RuntimeCase, Variant, optional_kernex
+from .laplacian import COPY, F32, copy
 
 
 LAX_TOLERANCE = 1e-2  # convolutions may run in TF32 on GPUs
@@ -39,11 +40,15 @@ def _patches_last(out: Array) -> Array:
 
 
 def case(n: int = 2**20) -> RuntimeCase:
-    """Patches of an `n`-element vector against stacked slices."""
+    """Patches of an `n`-element vector against stacked slices.
+
+    Pure data movement (no arithmetic): reads the vector, writes three times
+    its size."""
     variants = [
         Variant(ES, es.kmap(window, kernel_size=3, padding="same")),
         Variant(HAND, hand_patches),
         Variant(LAX, lax_patches, layout=_patches_last, tolerance=LAX_TOLERANCE),
+        Variant(COPY, copy(), checked=False),
     ]
     kex = optional_kernex()
     if kex is not None:
@@ -56,4 +61,5 @@ def case(n: int = 2**20) -> RuntimeCase:
         lambda: (jax.device_put(x),),
         variants,
         (Bar(ES, HAND, limit=1.2),),
+        traffic=Traffic((1 + 3) * n * F32, COPY, 2 * n * F32, (ES, HAND, LAX), (ES,)),
     )

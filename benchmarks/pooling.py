@@ -10,8 +10,9 @@ from jaxtyping import Array
 
 import eqx_stencil as es
 
-from ._report import Bar
+from ._report import Bar, Traffic
 from ._runtime import ES, HAND, KERNEX, LAX, RuntimeCase, Variant, optional_kernex
+from .laplacian import COPY, F32, copy
 
 
 def lax_pool(x: Array) -> Array:
@@ -26,11 +27,15 @@ def hand_pool(x: Array) -> Array:
 
 
 def case(n: int = 1024) -> RuntimeCase:
-    """Max-pool an `n`×`n` array against `lax.reduce_window`."""
+    """Max-pool an `n`×`n` array against `lax.reduce_window`.
+
+    Memory-bound: three comparisons per output, which reads 16 bytes and
+    writes 4."""
     variants = [
         Variant(ES, es.kmap(jnp.max, kernel_size=(2, 2), strides=2)),
         Variant(HAND, hand_pool),
         Variant(LAX, lax_pool),
+        Variant(COPY, copy(), checked=False),
     ]
     kex = optional_kernex()
     if kex is not None:
@@ -44,4 +49,7 @@ def case(n: int = 1024) -> RuntimeCase:
         lambda: (jax.device_put(x),),
         variants,
         (Bar(ES, LAX, limit=1.5),),
+        traffic=Traffic(
+            (n * n + (n // 2) ** 2) * F32, COPY, 2 * n * n * F32, (ES, HAND, LAX), (ES,)
+        ),
     )
