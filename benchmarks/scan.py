@@ -7,6 +7,9 @@ row is computed from the one before it, so `eqx_stencil` scans row by row.
 cell by cell. The plan `eqx_stencil.kscan` takes is stated in the case title
 as its docstring gives it (every updated cell read lies in an earlier row: row
 by row; otherwise cell by cell); the suite does not ask the private planner.
+The row scan's bar is issue 13's 1.2× the hand-written row `lax.scan` (its
+carry is the result rows, as the hand-written one's); the cell sweep keeps
+2× (it measures 1.0×).
 
 Each is compared with a hand-written `lax.scan` / `lax.fori_loop` and with
 kernex 0.2.1's `kscan`. kernex's linear convection takes tens of seconds a
@@ -40,7 +43,8 @@ NT, NX = 1001, 501
 TMAX, XMAX, C = 0.5, 2.0, 0.5
 GS_N = 201  # Gauss-Seidel grid side
 KERNEX_LIMIT_S = 55.0  # kernex's convection child: import, compile, one call
-BARS = (Bar(ES, HAND, limit=2.0),)
+ROW_BARS = (Bar(ES, HAND, limit=1.2),)
+CELL_BARS = (Bar(ES, HAND, limit=2.0),)
 
 
 def _courant(nt: int, nx: int) -> float:
@@ -186,7 +190,7 @@ def convection_case(nt: int = NT, nx: int = NX) -> RuntimeCase:
         f"linear convection {nt}×{nx} (row-by-row plan)",
         lambda: (jnp.ones((nt, nx)),),
         variants,
-        bars=BARS,
+        bars=ROW_BARS,
         factory=(f"{__name__}:convection_case", (nt, nx)),
     )
 
@@ -200,5 +204,5 @@ def gauss_seidel_case(n: int = GS_N) -> RuntimeCase:
         f"Gauss-Seidel {n}² (cell-by-cell plan)",
         lambda: (field(n),),
         variants,
-        bars=BARS,
+        bars=CELL_BARS,
     )

@@ -12,12 +12,23 @@ exactly when no tap reads, within one step (`delta[:m] == 0`), a cell the
 sequential order would already have updated (`delta[m:]` earlier in the
 order). `scan_axes` picks the smallest such `m`: `m = 1` is one `lax.scan`
 step per row (explicit time marching), `m = ndim` the cell-by-cell sweep
-(Gauss-Seidel), each step reading its windows with `dynamic_slice` and writing
-its results with `dynamic_update_slice`: O(block) work per step.
+(Gauss-Seidel). A step reads its windows with `dynamic_slice` and writes its
+results with one `dynamic_update_slice`: O(block) work per step.
+
+The working array. The cell sweep keeps the whole padded array (`_Padded`).
+The row sweep keeps only the anchors, the output arrays (`_Anchors`): the
+padded array's other cells (padding, stride gaps) are never written, so a
+step reads them from static pieces of the padded input, and the scan's carry
+is the result: no padded copy to build and slice down, the program of a
+hand-written row scan. (Rows padded by data, a boundary fill other than
+`"constant"`, keep the padded array: a step would read each padding piece
+on its own.)
 """
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 import functools as ft
 import math
 from collections.abc import Callable, Sequence
@@ -31,26 +42,34 @@ from jaxtyping import Array, PyTree
 from ._assemble import check_outputs, tile_together
 from ._geometry import DimLayout, out_shape
 from ._lower import evaluate_on
-from ._problem import Problem, Table
-from ._regions import MAX_BOXES, Box, Plan, decompose
+from ._problem import Problem, Table, Taps
+from ._regions import MAX_BOXES, Box, Plan, Tiling, cell_plan, decompose
 
 
-Work = tuple[Array, ...]  # the working padded fields
+Work = tuple[Array, ...]  # the working fields
+Lead = Sequence[Array]  # a step's index along the scanned axes
 
 # Above this many runs of alike steps, one scan switches between the patterns.
 MAX_SCAN_SEGMENTS = 8
 
 
+def _every_tap(table: Table, layouts: Sequence[DimLayout]) -> set[tuple[int, ...]]:
+    """The window taps some function reads (a whole-window one: all)."""
+    kernel = tuple(layout.kernel for layout in layouts)
+    every = set(np.ndindex(*kernel))
+    taps = set()
+    for read in table.taps.values():
+        taps |= every if read is None else {tap for _, tap in read}
+    return taps
+
+
 def _deltas(table: Table, layouts: Sequence[DimLayout]) -> list[tuple[int, ...]]:
     """Output offsets of the cells whose updated values the taps may read."""
-    kernel = tuple(layout.kernel for layout in layouts)
-    every = tuple(np.ndindex(*kernel))
     deltas = set()
-    for taps in table.taps.values():
-        for tap in every if taps is None else (tap for _, tap in taps):
-            shifts = [(t - lay.anchor) * lay.dilation for t, lay in zip(tap, layouts)]
-            if all(shift % lay.stride == 0 for shift, lay in zip(shifts, layouts)):
-                deltas.add(tuple(s // lay.stride for s, lay in zip(shifts, layouts)))
+    for tap in _every_tap(table, layouts):
+        shifts = [(t - lay.anchor) * lay.dilation for t, lay in zip(tap, layouts)]
+        if all(shift % lay.stride == 0 for shift, lay in zip(shifts, layouts)):
+            deltas.add(tuple(s // lay.stride for s, lay in zip(shifts, layouts)))
     return sorted(deltas)
 
 
@@ -74,6 +93,37 @@ def _full_owners(plan: Plan) -> np.ndarray:
     return owners
 
 
+class _Working(abc.ABC):
+    """How a sweep keeps its working fields: what a step reads and writes.
+    `keys[k]` numbers the way step `k` (row-major) reads; steps read alike
+    and owned alike share a traced branch."""
+
+    keys: np.ndarray
+
+    @abc.abstractmethod
+    def prepare(self, key: int, box: Box, taps: Taps | None) -> None:
+        """Build what the steps of `key` read for `box` (before the scans)."""
+
+    @abc.abstractmethod
+    def start(self) -> Work:
+        """The working fields before the first step."""
+
+    @abc.abstractmethod
+    def sources(
+        self, work: Work, lead: Lead, key: int, box: Box, taps: Taps | None
+    ) -> list[Array]:
+        """Every field's source of the windows of `box` at step `lead`: the
+        working padded array from `problem.source_range(box)` on."""
+
+    @abc.abstractmethod
+    def write(self, work: Work, lead: Lead, row: Work) -> Work:
+        """Write a step's results (one block per field) at their anchors."""
+
+    @abc.abstractmethod
+    def result(self, work: Work) -> list[Array]:
+        """The results, one array per field, from the final working fields."""
+
+
 def sweep(problem: Problem, table: Table, reverse: bool) -> PyTree[Array]:
     """The sequential sweep of `table`'s functions over `problem`. With several
     fields, each function returns one value per field (the fields' structure)
@@ -83,28 +133,34 @@ def sweep(problem: Problem, table: Table, reverse: bool) -> PyTree[Array]:
     m = scan_axes(_deltas(table, layouts), ndim, reverse)
     shape = out_shape(layouts)
     lead, trail = shape[:m], shape[m:]
-    padded_range = [(0, lay.size + lay.lo + lay.hi) for lay in layouts]
-    work = tuple(problem.padded(padded_range))
     owners = _full_owners(table.plan).reshape(math.prod(lead), *trail)
-    patterns: dict[bytes, int] = {}
-    rows: list[np.ndarray] = []
+    steps = np.indices(lead).reshape(m, math.prod(lead)).T  # row-major
+    working = _working(problem, table, m, steps)
+    # Steps owned alike and read alike share a branch.
+    patterns: dict[tuple[bytes, int], int] = {}
+    tiled: list[tuple[int, list[tuple[Box, int]], Tiling]] = []
     pattern_ids = []
-    for row in map(np.asarray, owners):  # steps owned alike share a branch
-        if row.tobytes() not in patterns:
-            patterns[row.tobytes()] = len(rows)
-            rows.append(row)
-        pattern_ids.append(patterns[row.tobytes()])
-    blocks = [ft.partial(_block, problem, table, m, row) for row in rows]
+    for row, key in zip(map(np.asarray, owners), map(int, working.keys)):
+        if (row.tobytes(), key) not in patterns:
+            patterns[row.tobytes(), key] = len(tiled)
+            tiles, tiling = _tiles(row, m)
+            for box, owner in tiles:
+                working.prepare(key, box, table.taps[owner])
+            tiled.append((key, tiles, tiling))
+        pattern_ids.append(patterns[row.tobytes(), key])
+    blocks = [
+        ft.partial(_step, problem, table, working, m, trail, *pattern)
+        for pattern in tiled
+    ]
 
     def step(work: Work, xs: tuple[Array, Array], block: Callable) -> tuple:
         counter, pattern = xs
-        lead_index = [counter // math.prod(lead[d + 1 :]) % lead[d] for d in range(m)]
-        values = block(work, lead_index, pattern)
-        return _write(work, values, lead_index, layouts, m), None
+        index = [counter // math.prod(lead[d + 1 :]) % lead[d] for d in range(m)]
+        return block(work, index, pattern), None
 
-    def switched(work: Work, lead_index: Sequence[Array], pattern: Array) -> Work:
+    def switched(work: Work, index: Lead, pattern: Array) -> Work:
         branches = [lambda w, i, b=b: b(w, i) for b in blocks]
-        return lax.switch(pattern, branches, work, lead_index)
+        return lax.switch(pattern, branches, work, index)
 
     # JAX's default int (int64 under x64), the type of the Python ints they
     # meet in the window and write indices.
@@ -115,6 +171,7 @@ def sweep(problem: Problem, table: Table, reverse: bool) -> PyTree[Array]:
     changes = np.flatnonzero(np.diff(pattern_ids)) + 1
     runs = np.split(np.arange(len(counters)), changes)
     segmented = len(runs) <= MAX_SCAN_SEGMENTS
+    work = working.start()
     for run in (runs if segmented else [counters])[:: -1 if reverse else 1]:
         fixed = blocks[pattern_ids[run[0]]]
         block = (lambda w, i, p, b=fixed: b(w, i)) if segmented else switched
@@ -124,57 +181,58 @@ def sweep(problem: Problem, table: Table, reverse: bool) -> PyTree[Array]:
             work, _ = body(work, (xs[0][0], xs[1][0]))
         else:
             work, _ = lax.scan(body, work, xs, reverse=reverse)
-    # Each anchor is written exactly once: the results are the final working
-    # array read at the anchors.
-    starts = [lay.anchor * lay.dilation for lay in layouts]
-    limits = [a + (n - 1) * lay.stride + 1 for a, n, lay in zip(starts, shape, layouts)]
-    strides = [lay.stride for lay in layouts]
-    results = [lax.slice(field, starts, limits, strides) for field in work]
-    return problem.fields.structure.unflatten(results)
+    return problem.fields.structure.unflatten(working.result(work))
 
 
-def _block(
-    problem: Problem,
-    table: Table,
-    m: int,
-    pattern: np.ndarray,
-    work: Work,
-    lead_index: Sequence[Array],
-) -> Work:
-    """The results of one step (one block per field): the trailing block at
-    `lead_index`, its positions owned as `pattern` says."""
+def _working(problem: Problem, table: Table, m: int, steps: np.ndarray) -> _Working:
+    """The cell sweep keeps the padded array; the row sweep keeps only the
+    anchors, unless its rows' padding is data (a boundary fill other than
+    `"constant"` on the trailing axes): each step would then read it from
+    pieces of its own, more operations per step than one read of the padded
+    array."""
     layouts = problem.layouts
-    trail = pattern.shape
-    plan = Plan(
-        edges=((0, 1),) * m + tuple(tuple(range(n + 1)) for n in trail),
-        owners=pattern.reshape((1,) * m + trail),
-        interior=np.zeros((1,) * m + trail, dtype=bool),
-    )
+    padded_rows = any(lay.lo > 0 or lay.hi > 0 for lay in layouts[m:])
+    if m == len(layouts) or (padded_rows and problem.boundary != "constant"):
+        return _Padded(problem, steps)
+    return _Anchors(problem, table, m, steps)
+
+
+def _tiles(pattern: np.ndarray, m: int) -> tuple[list[tuple[Box, int]], Tiling]:
+    """The tiles of one step: the trailing block owned as `pattern` says."""
+    plan = cell_plan(pattern.reshape((1,) * m + pattern.shape))
     tiled = decompose(plan)
     if tiled is None:
         raise ValueError(
             f"kscan: the regions cut one scan step into more than {MAX_BOXES} "
             "pieces; use fewer, larger regions."
         )
-    tiles, tiling = tiled
+    return tiled
+
+
+def _step(
+    problem: Problem,
+    table: Table,
+    working: _Working,
+    m: int,
+    trail: tuple[int, ...],
+    key: int,
+    tiles: list[tuple[Box, int]],
+    tiling: Tiling,
+    work: Work,
+    lead: Lead,
+) -> Work:
+    """One step: the trailing block at `lead`, read as `key` says."""
     values = []
     for box, owner in tiles:
-        starts = [i * lay.stride for i, lay in zip(lead_index, layouts[:m])] + [
-            start * lay.stride for (start, _), lay in zip(box[m:], layouts[m:])
-        ]
-        sizes = [lay.span for lay in layouts[:m]] + [
-            (stop - start - 1) * lay.stride + lay.span
-            for (start, stop), lay in zip(box[m:], layouts[m:])
-        ]
-        sources = [lax.dynamic_slice(field, starts, sizes) for field in work]
-        value = evaluate_on(
-            problem, table.funcs[owner], sources, box, table.taps[owner]
-        )
+        taps = table.taps[owner]
+        sources = working.sources(work, lead, key, box, taps)
+        value = evaluate_on(problem, table.funcs[owner], sources, box, taps)
         values.append(_written_back(value, box, problem, table.names[owner]))
     boxes = [box for box, _ in tiles]
     check_outputs(values, boxes, [table.names[owner] for _, owner in tiles])
     blocks = tile_together((1,) * m + trail, tiling, boxes, values)
-    return tuple(jnp.asarray(block, field.dtype) for block, field in zip(blocks, work))
+    row = tuple(jnp.asarray(block, field.dtype) for block, field in zip(blocks, work))
+    return working.write(work, lead, row)
 
 
 def _written_back(value: PyTree, box: Box, problem: Problem, name: str) -> list:
@@ -193,35 +251,315 @@ def _written_back(value: PyTree, box: Box, problem: Problem, name: str) -> list:
     return leaves
 
 
-def _write(
-    work: Work,
-    blocks: Work,
-    lead_index: Sequence[Array],
-    layouts: Sequence[DimLayout],
-    m: int,
-) -> Work:
-    """Write a step's results at their anchors in the working fields."""
-    return tuple(
-        _write_field(field, block, lead_index, layouts, m)
-        for field, block in zip(work, blocks)
-    )
+class _Padded(_Working):
+    """Working fields: the whole padded input, each result written at its
+    anchor; the results are read at the anchors at the end."""
+
+    def __init__(self, problem: Problem, steps: np.ndarray):
+        self.problem = problem
+        self.keys = np.zeros(len(steps), int)  # every step reads alike
+
+    def prepare(self, key: int, box: Box, taps: Taps | None) -> None:
+        del key, box, taps  # nothing static to build
+
+    def start(self) -> Work:
+        layouts = self.problem.layouts
+        return tuple(self.problem.padded([(0, lay.padded_size) for lay in layouts]))
+
+    def sources(
+        self, work: Work, lead: Lead, key: int, box: Box, taps: Taps | None
+    ) -> list[Array]:
+        del key, taps
+        layouts = self.problem.layouts
+        ranges = self.problem.source_range(box)  # box: along the lead axes, (0, 1)
+        starts = [i * lay.stride for i, lay in zip(lead, layouts)]
+        starts += [start for start, _ in ranges[len(lead) :]]
+        sizes = [stop - start for start, stop in ranges]
+        return [lax.dynamic_slice(field, starts, sizes) for field in work]
+
+    def write(self, work: Work, lead: Lead, row: Work) -> Work:
+        layouts = self.problem.layouts
+        anchors = [lay.anchor * lay.dilation for lay in layouts]
+        starts = [i * lay.stride + a for i, lay, a in zip(lead, layouts, anchors)]
+        starts += anchors[len(lead) :]
+        trailing = layouts[len(lead) :]
+        if all(lay.stride == 1 for lay in trailing):
+            return tuple(
+                lax.dynamic_update_slice(field, value, starts)
+                for field, value in zip(work, row)
+            )
+        # Strided trailing dims: the anchors among the cells between them.
+        sizes = [1] * len(lead) + [(lay.out - 1) * lay.stride + 1 for lay in trailing]
+        index = (slice(None),) * len(lead)
+        index += tuple(slice(None, None, lay.stride) for lay in trailing)
+        return tuple(
+            lax.dynamic_update_slice(
+                field,
+                lax.dynamic_slice(field, starts, sizes).at[index].set(value),
+                starts,
+            )
+            for field, value in zip(work, row)
+        )
+
+    def result(self, work: Work) -> list[Array]:
+        ranges = _anchor_ranges(self.problem.layouts)
+        starts, limits = [a for a, _ in ranges], [b for _, b in ranges]
+        strides = [lay.stride for lay in self.problem.layouts]
+        return [lax.slice(field, starts, limits, strides) for field in work]
 
 
-def _write_field(
-    work: Array,
-    block: Array,
-    lead_index: Sequence[Array],
-    layouts: Sequence[DimLayout],
-    m: int,
-) -> Array:
-    anchors = [lay.anchor * lay.dilation for lay in layouts]
-    starts = [i * lay.stride + a for i, lay, a in zip(lead_index, layouts, anchors)]
-    starts += anchors[m:]
-    trailing = list(zip(block.shape[m:], layouts[m:]))
-    if all(lay.stride == 1 for _, lay in trailing):
-        return lax.dynamic_update_slice(work, block, starts)
-    sizes = [1] * m + [(n - 1) * lay.stride + 1 for n, lay in trailing]
-    current = lax.dynamic_slice(work, starts, sizes)
-    index = (slice(None),) * m
-    index += tuple(slice(None, None, lay.stride) for _, lay in trailing)
-    return lax.dynamic_update_slice(work, current.at[index].set(block), starts)
+def _anchor_ranges(layouts: Sequence[DimLayout]) -> list[tuple[int, int]]:
+    """Per dim, the padded coordinates `[first, last + 1)` of the anchors."""
+    return [
+        (
+            lay.anchor * lay.dilation,
+            lay.anchor * lay.dilation + (lay.out - 1) * lay.stride + 1,
+        )
+        for lay in layouts
+    ]
+
+
+# A row's read, a tree of static pieces: rows of results so far, pieces of the
+# padded input, and their joins.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Results:
+    """Results so far: outputs `lead + delta` along the scanned axes, the
+    trailing `outputs` (`[start, stop)` per dim)."""
+
+    delta: tuple[int, ...]
+    outputs: tuple[tuple[int, int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Input:
+    """The padded input: padded offset `offset` from the step's first source
+    row along the scanned axes, trailing padded coordinates `ranges`
+    (`(start, stop, step)` per dim)."""
+
+    offset: tuple[int, ...]
+    ranges: tuple[tuple[int, int, int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Joined:
+    """`parts` concatenated along `axis`."""
+
+    axis: int
+    parts: tuple[_Piece, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Interleaved:
+    """`inner` written over `outer` at `outer`'s `start:stop:step` along
+    `axis` (the anchors of a strided dim among the cells between them)."""
+
+    axis: int
+    outer: _Input
+    start: int
+    stop: int
+    step: int
+    inner: _Piece
+
+
+_Piece = _Results | _Input | _Joined | _Interleaved
+
+
+def _inputs(piece: _Piece) -> list[_Input]:
+    """The pieces of the padded input that `piece` reads."""
+    if isinstance(piece, _Results):
+        return []
+    if isinstance(piece, _Input):
+        return [piece]
+    if isinstance(piece, _Joined):
+        return [leaf for part in piece.parts for leaf in _inputs(part)]
+    return [piece.outer, *_inputs(piece.inner)]
+
+
+class _Anchors(_Working):
+    """The row sweep's working fields: the results, the output arrays, first
+    holding the padded input at the anchors. A step's source is the working
+    padded array rebuilt from the rows of results its taps read and static
+    pieces of the padded input (`_row`); XLA keeps of it what the taps slice."""
+
+    def __init__(self, problem: Problem, table: Table, m: int, steps: np.ndarray):
+        self.problem, self.m, self.steps = problem, m, steps
+        self.scanned = problem.layouts[:m]
+        self.read: dict[tuple[int, ...], tuple[int, ...] | None] = {
+            offset: self._delta(offset)
+            for offset in self._offsets(_every_tap(table, problem.layouts))
+        }
+        # A step's key: which of the rows read hold results (the others lie
+        # before the first or after the last row of outputs).
+        self.grid: list[dict[tuple[int, ...], bool]] = []  # per key
+        self.keys = self._keys()
+        self.strips: dict[tuple[int, _Input], tuple[list[int], list[Array]]] = {}
+
+    def _offsets(self, taps: set[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        """Padded offsets along the scanned axes of the rows `taps` read."""
+        layouts = self.scanned
+        return sorted(
+            {tuple(t * lay.dilation for t, lay in zip(tap, layouts)) for tap in taps}
+        )
+
+    def _delta(self, offset: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The offset of the row of outputs whose anchors the row at padded
+        `offset` holds (`None`: no anchors)."""
+        shifts = [o - lay.anchor * lay.dilation for o, lay in zip(offset, self.scanned)]
+        if any(shift % lay.stride for shift, lay in zip(shifts, self.scanned)):
+            return None
+        return tuple(shift // lay.stride for shift, lay in zip(shifts, self.scanned))
+
+    def _keys(self) -> np.ndarray:
+        steps = self.steps
+        n = np.asarray([lay.out for lay in self.scanned])
+        offsets = list(self.read)
+        found = np.ones((len(steps), len(offsets)), bool)
+        for column, offset in enumerate(offsets):
+            delta = self.read[offset]
+            if delta is None:
+                found[:, column] = False
+            else:
+                shifted = steps + np.asarray(delta, int)
+                found[:, column] = np.all((shifted >= 0) & (shifted < n), axis=1)
+        ids: dict[tuple[bool, ...], int] = {}
+        keys = np.asarray([ids.setdefault(tuple(row), len(ids)) for row in found])
+        self.grid = [dict(zip(offsets, grid)) for grid in ids]
+        return keys
+
+    def _row(self, key: int, offset: tuple[int, ...], source: Box) -> _Piece:
+        """The read of the working padded array's row at padded `offset` from
+        the step's first source row, trailing padded coordinates `source`."""
+        m, layouts = self.m, self.problem.layouts
+        delta = self.read[offset]
+        if delta is None or not self.grid[key][offset]:
+            return _Input(offset, tuple((a, b, 1) for a, b in source))
+
+        def split(k: int, ranges: tuple, outputs: tuple) -> _Piece:
+            if k == len(layouts):
+                return _Results(delta, outputs)
+            lay, (c0, c1) = layouts[k], source[k - m]
+            rest = tuple((a, b, 1) for a, b in source[k - m + 1 :])
+            base, s = lay.anchor * lay.dilation, lay.stride
+            first = max(0, -(-(c0 - base) // s))
+            stop = min(lay.out, (c1 - 1 - base) // s + 1)
+            if first >= stop:  # no anchor in this piece
+                return _Input(offset, ranges + ((c0, c1, 1),) + rest)
+            p0, p1 = base + first * s, base + (stop - 1) * s + 1
+            inner = split(k + 1, ranges + ((p0, p1, s),), outputs + ((first, stop),))
+            if s > 1:
+                outer = _Input(offset, ranges + ((c0, c1, 1),) + rest)
+                return _Interleaved(k, outer, p0 - c0, p1 - c0, s, inner)
+            parts: list[_Piece] = []
+            if c0 < p0:
+                parts.append(_Input(offset, ranges + ((c0, p0, 1),) + rest))
+            parts.append(inner)
+            if p1 < c1:
+                parts.append(_Input(offset, ranges + ((p1, c1, 1),) + rest))
+            return parts[0] if len(parts) == 1 else _Joined(k, tuple(parts))
+
+        return split(m, (), ())
+
+    def _rows(
+        self, key: int, box: Box, taps: Taps | None
+    ) -> dict[tuple[int, ...], _Piece]:
+        every = set(np.ndindex(*(lay.kernel for lay in self.scanned)))
+        read = every if taps is None else {tap[: self.m] for _, tap in taps}
+        source = self.problem.source_range(box)[self.m :]
+        return {
+            offset: self._row(key, offset, source) for offset in self._offsets(read)
+        }
+
+    def prepare(self, key: int, box: Box, taps: Taps | None) -> None:
+        """Build the pieces of the padded input that `box`'s rows read, for
+        the rows of steps of `key` (outside the scans)."""
+        m = self.m
+        steps = self.steps[self.keys == key]
+        first = steps.min(0) * np.asarray([lay.stride for lay in self.scanned], int)
+        last = steps.max(0) * np.asarray([lay.stride for lay in self.scanned], int)
+        for row in self._rows(key, box, taps).values():
+            for piece in _inputs(row):
+                if (key, piece) in self.strips:
+                    continue
+                lead = [
+                    (int(a) + o, int(b) + o + 1)
+                    for a, b, o in zip(first, last, piece.offset)
+                ]
+                box_ = lead + [(a, b) for a, b, _ in piece.ranges]
+                strides = [1] * m + [step for _, _, step in piece.ranges]
+                limits = [b - a for a, b in box_]
+                strips = [
+                    lax.slice(field, [0] * len(box_), limits, strides)
+                    for field in self.problem.padded(box_)
+                ]
+                self.strips[key, piece] = ([a for a, _ in lead], strips)
+
+    def start(self) -> Work:
+        ranges = _anchor_ranges(self.problem.layouts)
+        limits = [b - a for a, b in ranges]
+        strides = [lay.stride for lay in self.problem.layouts]
+        return tuple(
+            lax.slice(field, [0] * len(ranges), limits, strides)
+            for field in self.problem.padded(ranges)
+        )
+
+    def sources(
+        self, work: Work, lead: Lead, key: int, box: Box, taps: Taps | None
+    ) -> list[Array]:
+        m, ndim = self.m, len(self.problem.layouts)
+        ranges = self.problem.source_range(box)
+        spans = tuple(b - a for a, b in ranges[:m])
+        widths = tuple(b - a for a, b in ranges[m:])
+        rows = self._rows(key, box, taps)
+
+        def build(piece: _Piece, f: int) -> Array:
+            if isinstance(piece, _Results):
+                starts = [i + d for i, d in zip(lead, piece.delta)]
+                starts += [a for a, _ in piece.outputs]
+                sizes = [1] * m + [b - a for a, b in piece.outputs]
+                return lax.dynamic_slice(work[f], starts, sizes)
+            if isinstance(piece, _Input):
+                first, strips = self.strips[key, piece]
+                starts = [
+                    i * lay.stride + o - a
+                    for i, lay, o, a in zip(lead, self.scanned, piece.offset, first)
+                ]
+                sizes = (1,) * m + strips[f].shape[m:]
+                starts += [0] * (ndim - m)
+                return lax.dynamic_slice(strips[f], starts, sizes)
+            if isinstance(piece, _Joined):
+                parts = [build(part, f) for part in piece.parts]
+                return jnp.concatenate(parts, piece.axis)
+            index = [slice(None)] * ndim
+            index[piece.axis] = slice(piece.start, piece.stop, piece.step)
+            outer = build(piece.outer, f)
+            return outer.at[tuple(index)].set(build(piece.inner, f))
+
+        def block(f: int) -> Array:
+            # Rows no tap reads are never sliced: zeros keep the shape.
+            unread = jnp.zeros((1,) * m + widths, work[f].dtype)
+            grid = np.empty(spans, object)
+            for offset in np.ndindex(*spans):
+                grid[offset] = build(rows[offset], f) if offset in rows else unread
+            return _join(grid, m)
+
+        return [block(f) for f in range(len(work))]
+
+    def write(self, work: Work, lead: Lead, row: Work) -> Work:
+        starts = list(lead) + [0] * (len(self.problem.layouts) - self.m)
+        return tuple(
+            lax.dynamic_update_slice(field, value, starts)
+            for field, value in zip(work, row)
+        )
+
+    def result(self, work: Work) -> list[Array]:
+        return list(work)
+
+
+def _join(grid: np.ndarray, m: int) -> Array:
+    """Concatenate an object array of blocks along its first `m` axes."""
+    if grid.ndim == 0:
+        return grid.item()
+    parts = [_join(grid[i, ...], m) for i in range(len(grid))]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, m - grid.ndim)
