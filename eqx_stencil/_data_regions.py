@@ -28,10 +28,11 @@ tile, matters: XLA then fuses the tiles' assembly (the interior's pad, the
 boundary strips) into that one selection loop, whose output needs no copy in a
 `fori_loop`; a per-tile selection left the in-place strip writes as separate
 kernels plus a copy of the whole array per step. A sweep (`kscan`) selects
-per position, since a later window reads the picked value. The masks travel as extra (hidden) fields of the problem,
-read at the anchor tap: the map lowerings slice them like the input, `kscan`
-reads them from its working array at every step (the sweep honours data
-regions) and the sharded path exchanges their halos like the input's.
+per position, since a later window reads the picked value. The masks travel
+as extra (hidden) fields of the problem, read at the anchor tap: the map
+lowerings slice them like the input, `kscan` reads them from its working
+array at every step (the sweep honours data regions) and the sharded path
+exchanges their halos like the input's.
 
 Gradients: a function's windows are passed through
 `where(picked, w, stop_gradient(w))`, so a function that is not picked at a
