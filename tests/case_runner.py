@@ -1,7 +1,8 @@
 """Run a script of cases in a subprocess and collect the JSON line each prints.
 
 Sharded cases need devices that exist only when `XLA_FLAGS` is set before JAX
-starts, so they run in their own process; each test asserts on its case's line.
+starts, so they run in their own process (the script adds the device count to
+the `XLA_FLAGS` it inherits); each test asserts on its case's line.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import subprocess
 import sys
 
 
-def run_cases(script: pathlib.Path, **env: str) -> dict[str, dict]:
-    """Every case's result from `script`, run on the CPU with `env` added."""
+def run_cases(script: pathlib.Path) -> dict[str, dict]:
+    """Every case's result from `script`, run on the CPU."""
     done = subprocess.run(
         [sys.executable, str(script)],
-        env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
         capture_output=True,
         text=True,
         timeout=900,

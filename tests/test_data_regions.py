@@ -403,7 +403,8 @@ def test_sharded_data_mask_equals_single_device():
     """On a 4x2 mesh of simulated devices: the mask (sharded like the input or
     not) gives the single-device result, with no all-gather."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    flags = os.environ.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8"
     done = subprocess.run(
         [sys.executable, "-c", SHARDED],
         env=env,

@@ -20,7 +20,7 @@ NO_GATHER = {"all-gather": 0, "all-to-all": 0, "all-reduce": 0}
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict]:
-    return run_cases(CASES, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    return run_cases(CASES)
 
 
 def others(entry: dict) -> dict[str, int]:

@@ -14,7 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+# Eight simulated devices, keeping the flags the test run set (its XLA
+# optimisation level).
+flags = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8"
 
 import equinox as eqx  # noqa: E402
 import jax  # noqa: E402

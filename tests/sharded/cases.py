@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+# Eight simulated devices, keeping the flags the test run set (its XLA
+# optimisation level).
+flags = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import json  # noqa: E402
