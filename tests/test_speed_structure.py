@@ -26,6 +26,10 @@ N = 32
 # The whole-array pads every gradient below has: the transposes of the
 # interior's five taps and the forward assembly's one.
 INTERIOR_PADS = 6
+# A one-function map assembles its interior and 2 * ndim boundary strips as a
+# sum of tiles padded to the grid (one loop, see `_assemble.tile_together`):
+# the five taps' transposes and those 2 * 2 + 1 forward pads.
+FUSED_MAP_PADS = 5 + 2 * 2 + 1
 _PAD = re.compile(r"=\s*[a-z]\w*\[([\d,]*)\]\S*\s+pad\(")
 
 
@@ -101,14 +105,24 @@ def test_boundary_function_adds_no_whole_array_pad_to_the_gradient(name):
 def test_boundary_mode_adds_no_whole_array_pad_to_the_gradient(boundary):
     """A Laplacian's strips are read from the input in every mode (the wrap
     strip from both ends); the whole-array pads are those of the interior's
-    five taps and of the forward assembly, as with no padding at all."""
+    five taps and of the forward assembly (one per tile, in one loop)."""
     x = _field()
     lap = lambda u: u[1, 0] + u[-1, 0] + u[0, 1] + u[0, -1] - 4 * u[0, 0]  # noqa: E731
     stencil = es.kmap(
         lap, kernel_size=3, padding="same", relative=True, boundary=boundary
     )
     found = whole_array_pads(gradient_hlo(stencil, x), N * N)
-    assert found == INTERIOR_PADS, (boundary, found)
+    assert found == FUSED_MAP_PADS, (boundary, found)
+
+
+def test_one_function_map_is_one_loop():
+    """The interior and the boundary strips of a one-function map compile to
+    one fused loop (the hand-written pad + slices take two)."""
+    lap = lambda u: u[1, 0] + u[-1, 0] + u[0, 1] + u[0, -1] - 4 * u[0, 0]  # noqa: E731
+    stencil = es.kmap(lap, kernel_size=3, padding="same", relative=True)
+    hlo = jax.jit(stencil).lower(_field()).compile().as_text()
+    assert hlo is not None
+    assert hlo.count(" fusion(") == 1, hlo
 
 
 @pytest.mark.parametrize("name", ["kernex-style", "nonlinear"])
