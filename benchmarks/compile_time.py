@@ -21,7 +21,7 @@ from .laplacian import Fn, es_laplacian, hand_laplacian
 
 
 SIZES = (256, 1024, 4096)
-VS_HAND = Bar(ES, HAND, limit=3.0)
+VS_HAND = Bar(ES, HAND, limit=2.0)
 # "Flat in N": the ratio to hand at N over the ratio at the smallest N. Hand's
 # compile time does not depend on N, and a ratio of interleaved samples is
 # robust to the machine's load drifting between sizes.
