@@ -1,6 +1,15 @@
-"""Multi-channel 3×3 convolution: `jnp.sum(x * w)` over a (C, 3, 3) window."""
+"""Multi-channel 3×3 convolution: `jnp.sum(x * w)` over a (C, 3, 3) window.
+
+`case`: the stencil (whichever lowering the rule picks) against `lax.conv`.
+`threshold_case`: both lowerings forced, at a channel count just below or
+just above the convolution lowering's threshold (`MIN_CONV_TAPS` taps per
+output): the side the rule picks must be the faster one.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +18,7 @@ from jax import lax
 from jaxtyping import Array
 
 import eqx_stencil as es
-from eqx_stencil._conv_lowering import MIN_CONV_TAPS
+import eqx_stencil._conv_lowering as conv_lowering
 
 from ._report import Bar
 from ._runtime import ES, KERNEX, LAX, RuntimeCase, Variant, optional_kernex
@@ -65,5 +74,43 @@ def case(c: int, n: int) -> RuntimeCase:
         variants.append(kernex)
     # Few taps: the unrolled slices beat XLA:CPU's convolution; many taps:
     # the convolution lowering must match lax.conv (issue 13).
-    bar = Bar(ES, LAX, limit=0.5 if c * 9 < MIN_CONV_TAPS else 1.0)
+    bar = Bar(ES, LAX, limit=0.5 if c * 9 < conv_lowering.MIN_CONV_TAPS else 1.0)
     return RuntimeCase(f"conv C={c} {c}×{n}×{n}", lambda: _args(c, n), variants, (bar,))
+
+
+SLICES = "slices"
+CONV = "conv lowering"
+
+
+def forced(fn: Callable[..., Any], min_taps: int) -> Callable[..., Any]:
+    """`fn` traced with the convolution lowering's threshold at `min_taps`
+    (1: every linear function is a convolution; huge: none is)."""
+
+    def run(*args: Any) -> Any:
+        saved = conv_lowering.MIN_CONV_TAPS
+        conv_lowering.MIN_CONV_TAPS = min_taps
+        try:
+            return fn(*args)
+        finally:
+            conv_lowering.MIN_CONV_TAPS = saved
+
+    return run
+
+
+def threshold_case(c: int, n: int) -> RuntimeCase:
+    """Slices and the convolution lowering forced, at `c * 9` taps: the one
+    the rule picks (slices below `MIN_CONV_TAPS`, the convolution from it on)
+    must be the faster."""
+    stencil = es.kmap(window_sum, kernel_size=(c, 3, 3), padding=PADDING)
+    variants = [
+        Variant(ES, stencil),
+        Variant(SLICES, forced(stencil, 2**62)),
+        Variant(CONV, forced(stencil, 1)),
+        Variant(LAX, lax_conv, tolerance=TOLERANCE),
+    ]
+    picked, other = (
+        (SLICES, CONV) if c * 9 < conv_lowering.MIN_CONV_TAPS else (CONV, SLICES)
+    )
+    bar = Bar(picked, other, limit=1.0)
+    name = f"conv threshold C={c} ({c * 9} taps) {c}×{n}×{n}"
+    return RuntimeCase(name, lambda: _args(c, n), variants, (bar,))

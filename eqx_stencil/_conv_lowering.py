@@ -4,14 +4,28 @@
 function's output is linear in its windows, it is `sum(weights * window)` for
 weights that do not depend on the window. They are read at trace time by
 transposing the function (`jax.linear_transpose`: the weights may be traced,
-learnable arguments), and the tile is computed by `lax.conv_general_dilated`
-on its source (strides and dilation folded in; the tile's source already
-holds the padding, whatever the boundary mode). Dims the window covers whole
-(a `(C, 3, 3)` window over a `(C, H, W)` image) become input channels, the
-fields too, and every output entry an output channel.
+learnable arguments) and applied by `lax.conv_general_dilated`, strides and
+dilation folded in. Dims the window covers whole (a `(C, 3, 3)` window over a
+`(C, H, W)` image) become input channels, the fields too, and every output
+entry an output channel.
 
-XLA:CPU's convolution has a fixed cost that slices beat for few taps, so it
-is used from `MIN_CONV_TAPS` taps per output (fields times window size) on.
+**The rule.** A function is lowered here when all of these hold, else it
+keeps the slice lowerings (`_unroll.py`, `vmap`):
+
+- it has at least `MIN_CONV_TAPS` multiply-adds per output position (taps,
+  i.e. fields times window size, times output entries): below that,
+  XLA:CPU's convolution has a fixed cost that the unrolled slices beat
+  (`benchmarks/conv.py`, `threshold_case`), above it the unrolled program
+  grows (one product per tap and output entry: `es.nn.Conv2d(3, 64)`'s
+  took two minutes to compile) and runs slower than the convolution;
+- its jaxpr is linear in the windows (`_is_linear`: no constant term, no
+  custom derivative rule, no effect) and its dtypes are real floating point.
+
+When one function covers every output (no regions), the whole input is ONE
+convolution with the padding folded in: a zero fill is the convolution's
+own padding (negative padding crops first), any other fill is padded once
+(`padded_box`) before an unpadded convolution. With regions, each tile of
+the function is a convolution of its source, which holds its padding.
 """
 
 from __future__ import annotations
@@ -32,9 +46,10 @@ from ._boundary import fill_value, padded_box
 from ._geometry import Cval, DimLayout
 
 
-# From this many taps per output on, a linear window function is computed by
-# a convolution (measured on XLA:CPU: `benchmarks/conv.py`).
-MIN_CONV_TAPS = 128
+# From this many taps times output entries on, a linear window function is
+# computed by a convolution (measured on XLA:CPU: `benchmarks/conv.py`, see
+# the rule above).
+MIN_CONV_TAPS = 144
 
 # Primitives linear in each of their operands that depend on the window
 # (the others must not): `mul(window, weights)`, `dot_general`, ...
@@ -117,7 +132,8 @@ def _weights(
 ) -> tuple[Array, list[tuple[tuple[int, ...], Any]], PyTree] | None:
     """The weights `(outputs, fields, *kernel)` of a linear `call`, each output
     leaf's shape and dtype, and the output structure; `None` if `call` is
-    not linear in its windows."""
+    not linear in its windows or has fewer than `MIN_CONV_TAPS` taps times
+    outputs."""
     out_tree: list[Any] = []
 
     def flat(*arrays: Array) -> list[Array]:
@@ -134,8 +150,11 @@ def _weights(
     leaves = [(tuple(a.shape), a.dtype) for a in closed.out_avals]
     if not all(jnp.issubdtype(d, jnp.floating) for _, d in leaves):
         return None
-    transpose = jax.linear_transpose(flat, *windows)
     sizes = [math.prod(shape) for shape, _ in leaves]
+    taps = sum(math.prod(window.shape) for window in windows)
+    if taps * sum(sizes) < MIN_CONV_TAPS:
+        return None
+    transpose = jax.linear_transpose(flat, *windows)
     basis = jnp.eye(sum(sizes), dtype=jnp.result_type(*[d for _, d in leaves]))
 
     def row(unit: Array) -> Array:
@@ -181,16 +200,14 @@ def conv_lowering(
     boundary: Boundary | None = None,
 ) -> PyTree[Array] | None:
     """`call` on every window as one convolution of `arrays` (one per field),
-    or `None` when it has too few taps, is not linear in its windows, or its
-    dtypes are not real floating point.
+    or `None` when it has too few taps times outputs, is not linear in its
+    windows, or its dtypes are not real floating point.
 
     With `boundary=None`, `arrays` are a tile's sources: the padded input from
     the tile's first window on, exactly as far as its last window reads. With
     a `(mode, cval)` boundary they are the whole unpadded input, padded by the
     layouts' `lo`/`hi` in that mode, and every output is computed."""
     kernel = tuple(layout.kernel for layout in layouts)
-    if len(arrays) * math.prod(kernel) < MIN_CONV_TAPS:
-        return None
     if not all(jnp.issubdtype(x.dtype, jnp.floating) for x in arrays):
         return None
     if any(layout.out == 0 for layout in layouts):
@@ -201,15 +218,15 @@ def conv_lowering(
         return None
     weights, leaves, structure = found
     sources, pads = _sources_and_pads(arrays, layouts, boundary)
-    # A dim the window covers whole, unpadded and undilated, is a channel dim.
+    # A dim the window covers whole, unpadded and undilated, is a channel dim
+    # (all but the last, when every dim is).
     channel = [
         pad == (0, 0) and layout.dilation == 1 and n == layout.kernel
         for pad, layout, n in zip(pads, layouts, sources[0].shape)
     ]
+    channel[-1] = channel[-1] and not all(channel)
     spatial = [d for d, c in enumerate(channel) if not c]
     channels = [d for d, c in enumerate(channel) if c]
-    if not spatial:
-        return None
     # Accumulate in the widest of the inputs' and outputs' dtypes, as a
     # `preferred_element_type` in the function would.
     dtype = jnp.result_type(*sources, *(d for _, d in leaves))

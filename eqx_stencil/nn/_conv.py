@@ -1,40 +1,24 @@
-"""`Conv`: N-d convolution as two stencils around one matrix product.
+"""`Conv`: N-d convolution as one stencil whose function is linear.
 
-A convolution of `x` (`C` channels, spatial dims `n_1 .. n_N`) with a kernel
-`k_1 x .. x k_N` is computed as:
-
-1. **Taps of the last dim** (a stencil with kernel `(1, .., 1, k_N)`): the
-   `k_N` shifted, strided, dilated and padded copies of `x` along its last dim.
-2. **One matrix product** with the weight: for every input position, the
-   contribution of that position to each of the `T = k_1 .. k_{N-1}` taps of
-   the other dims, for every output channel (`(T * C_out) x (k_N * C_in)`
-   times `(k_N * C_in) x positions`; per group with `groups > 1`).
-3. **Shifted sum over the other dims** (a stencil with kernel
-   `(T, k_1, .., k_{N-1})` reading only its `T` diagonal taps, with the other
-   dims' stride, padding and dilation): output = sum over `t` of the
-   contribution to tap `t`, shifted by that tap's offset.
-
-Step 2 is a GEMM with `K = k_N * C_in / groups` (fast) and the stencils only
-move data `k_N` (step 1) and `T` (step 3) times the input/output size, where
-materialising all `prod(kernel)` taps (im2col) would move `prod(kernel)` times
-the input: on XLA:CPU this runs within a few tens of percent of `lax.conv`
-where full im2col is several times slower. Because the product is pointwise in
-space, padding (with any boundary mode) commutes with it: the last dim is
-padded in step 1 and the other dims in step 3.
+Each group's output at a position is `tensordot(weight, window)` over a
+window `(C_in / groups, *kernel)` that covers the group's channels whole. A
+linear function of that many taps is lowered by the stencil to one
+`lax.conv_general_dilated` (`eqx_stencil/_conv_lowering.py`: the window's
+channel dim becomes input channels, the padding, with any boundary mode, is
+folded in), and `jax.vmap` over the groups makes it one grouped convolution.
+Below the convolution lowering's threshold (few channels and taps) the same
+function runs as unrolled slices, which beat XLA:CPU's convolution there.
 """
 
 import functools as ft
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any, cast
 
 import equinox as eqx
 import jax
-import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jrandom
-import numpy as np
 from jaxtyping import Array, Inexact, PRNGKeyArray
 
 from .._stencil import kmap
@@ -56,55 +40,9 @@ from ._parse import (
 PaddingArg = str | int | Sequence[int] | Sequence[tuple[int, int]]
 
 
-def _last_dim_taps(
-    x: Array, k: int, stride: int, pad: tuple[int, int], dilation: int, boundary: str
-) -> tuple[Array, ...]:
-    """Step 1: the `k` taps of `x` along its last dim, each of shape
-    `x.shape[:-1] + (m,)`."""
-    rank = x.ndim
-    head = (0,) * (rank - 1)
-
-    def taps(window: Any) -> tuple[Array, ...]:
-        return tuple(window[head + (j,)] for j in range(k))
-
-    ones = (1,) * (rank - 1)
-    stencil = kmap(
-        taps,
-        kernel_size=(*ones, k),
-        strides=(*ones, stride),
-        padding=(*(((0, 0),) * (rank - 1)), pad),
-        dilation=(*ones, dilation),
-        boundary=boundary,
-    )
-    return cast(tuple[Array, ...], stencil(x))
-
-
-def _shifted_sum(
-    y: Array,
-    kernel: tuple[int, ...],
-    stride: tuple[int, ...],
-    pads: Pads,
-    dilation: tuple[int, ...],
-    boundary: str,
-) -> Array:
-    """Step 3: `y` of shape `(G, T, O_g, n_1, .., n_{N-1}, m_N)` holds, at
-    every position, the contribution to each tap `t` of the other dims; sum
-    them, each read at its tap's offset: shape `(G, 1, O_g, m_1, .., m_N)`."""
-    offsets = list(np.ndindex(*kernel))
-
-    def shifted_sum(window: Any) -> Array:
-        planes = [window[(0, t, 0, *tap, 0)] for t, tap in enumerate(offsets)]
-        return ft.reduce(operator.add, planes)
-
-    stencil = kmap(
-        shifted_sum,
-        kernel_size=(1, len(offsets), 1, *kernel, 1),
-        strides=(1, 1, 1, *stride, 1),
-        padding=((0, 0), (0, 0), (0, 0), *pads, (0, 0)),
-        dilation=(1, 1, 1, *dilation, 1),
-        boundary=boundary,
-    )
-    return cast(Array, stencil(y))
+def _correlate(window: Any, weight: Array) -> Array:
+    """One position: every output channel's sum of weights times window."""
+    return jnp.tensordot(weight, window, axes=weight.ndim - 1)
 
 
 @ft.partial(
@@ -124,36 +62,22 @@ def convolve(
     explicit `pads` filled by `boundary`. Returns `(C_out, *out_spatial)`.
 
     Compiled as one program (nested in the caller's `jit`, if any), so that an
-    eager call does not dispatch the stencils' many slices one by one."""
-    n = x.ndim - 1
+    eager call runs as one computation."""
     c_out, c_group = weight.shape[:2]
-    kernel = weight.shape[2:]
-    o_group = c_out // groups
-    k_last = kernel[-1]
-    other = kernel[:-1]
-    t = math.prod(other)
-
-    # 1. Taps of the last dim: (G, k_N, C_g, n_1, .., n_{N-1}, m_N).
-    taps = _last_dim_taps(x, k_last, stride[-1], pads[-1], dilation[-1], boundary)
-    rest = taps[0].shape[1:]
-    patches = jnp.stack([tap.reshape(groups, c_group, *rest) for tap in taps], axis=1)
-
-    # 2. Weight as (G, T * O_g, k_N, C_g): rows (tap of the other dims, output
-    # channel), then (tap of the last dim, input channel), contracted with the
-    # patches' (k_N, C_g) dims. The spatial dims stay separate dims (never
-    # flattened), so a batch or spatial sharding passes through unchanged.
-    w = weight.reshape(groups, o_group, c_group, t, k_last)
-    w = jnp.transpose(w, (0, 3, 1, 4, 2)).reshape(groups, t * o_group, k_last, c_group)
-    if groups == 1:
-        y = lax.dot_general(w[0], patches[0], (((1, 2), (0, 1)), ((), ())))
-    else:
-        y = lax.dot_general(w, patches, (((2, 3), (1, 2)), ((0,), (0,))))
-    y = y.reshape(groups, t, o_group, *rest)
-
-    # 3. Shifted sum over the taps of the other dims.
-    if n > 1:
-        y = _shifted_sum(y, other, stride[:-1], pads[:-1], dilation[:-1], boundary)
-    return y.reshape(c_out, *y.shape[3:])
+    stencil = kmap(
+        _correlate,
+        kernel_size=(c_group, *weight.shape[2:]),
+        strides=(1, *stride),
+        padding=((0, 0), *pads),
+        dilation=(1, *dilation),
+        boundary=boundary,
+    )
+    xs = x.reshape(groups, c_group, *x.shape[1:])
+    ws = weight.reshape(groups, c_out // groups, *weight.shape[1:])
+    # (groups, 1, *out_spatial, C_out / groups)
+    out = cast(Array, jax.vmap(stencil)(xs, ws))
+    out = jnp.moveaxis(out[:, 0], -1, 1)
+    return out.reshape(c_out, *out.shape[2:])
 
 
 class Conv(eqx.Module):
@@ -166,9 +90,10 @@ class Conv(eqx.Module):
     `eqx.tree_at(lambda m: m.weight, conv, eqx_conv.weight)` moves weights
     between the two.
 
-    The forward pass is two [`eqx_stencil.kmap`][] stencils around one matrix
-    product: the taps along the last spatial dim, a GEMM with the weight, and a
-    shifted sum over the taps of the other dims (see the module's notes).
+    The forward pass is one [`eqx_stencil.kmap`][] stencil whose function
+    is the weight's sum of products with a window `(in_channels // groups,
+    *kernel_size)`; being linear, it is lowered to one convolution (see the
+    module's notes).
 
     **Example:**
 
