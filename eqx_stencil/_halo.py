@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import jax.numpy as jnp
 from jax import lax
@@ -181,6 +182,8 @@ class HaloProblem(Problem):
     dims: tuple[ShardedDim, ...] = ()
     # A box every shard computes alike, computed once: (box, function, value).
     known: tuple[Box, Callable, PyTree[Array]] | None = None
+    # Strips written in place: XLA computes the interior during the exchange.
+    fuse_tiles: ClassVar[bool] = False
 
     def precomputed(self, box: Box, func: Callable) -> PyTree[Array] | None:
         if self.known is not None:

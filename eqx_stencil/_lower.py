@@ -95,7 +95,11 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
         shape = out_shape(problem.layouts)
         values = evaluate_boxes(boxes, order, [None] * len(boxes))
         # One function's interior and boundary strips: one loop (compile time).
-        fused = len(table.funcs) == 1 and len(boxes) <= 2 * len(shape) + 1
+        fused = (
+            problem.fuse_tiles
+            and len(table.funcs) == 1
+            and len(boxes) <= 2 * len(shape) + 1
+        )
         return tile_together(shape, tiling, boxes, values, fused=fused)
     owners = list(table.funcs)
     boxes, masks = zip(*(owner_mask(table.plan, owner) for owner in owners))
