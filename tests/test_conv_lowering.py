@@ -284,9 +284,11 @@ def cases(draw) -> Case:
     geometry["boundary"] = boundary
     if boundary == "constant":
         geometry["cval"] = draw(st.sampled_from([0.0, 1.5]))
-    # Regions (the tile path: one convolution per tile) are left out: an input
-    # gradient there differed from the `vmap` lowering's on one channel
-    # (einsum, wrap, stride 2, region `..., 1:`), not yet understood.
+    # Regions (the tile path: one convolution per tile) are left out for now:
+    # on (145, 3, 4), kernel (145, 1, 1), strides (1, 2, 1), padding
+    # ((0, 0), "valid", 2), wrap, region `..., 1:`, the einsum function, the
+    # `vmap` lowering's input gradient is wrong on channel 118 (finite
+    # differences agree with the convolution's): a bug outside this module.
     region = None
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
