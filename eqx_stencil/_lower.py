@@ -77,9 +77,10 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
         check_outputs(values, boxes, [table.names[o] for o in order])
         return values
 
-    if len(table.funcs) == 1 and None in table.taps.values():
+    if problem.fuse_tiles and len(table.funcs) == 1 and None in table.taps.values():
         # One whole-window function everywhere: if it is linear, one
-        # convolution of the whole input, its padding folded in.
+        # convolution of the whole input, its padding folded in (not for a
+        # shard, whose padding is its neighbours' halo: `HaloProblem.padded`).
         (func,) = table.funcs.values()
         call, dynamic = _window_call(func, problem)
         boundary = (problem.boundary, problem.cval)
