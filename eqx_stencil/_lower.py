@@ -282,7 +282,10 @@ def _field_planes(
     """Every tap's plane of one field, as an object array of shape `kernel`."""
     kernel = tuple(layout.kernel for layout in layouts)
     planes = np.empty(kernel, dtype=object)
-    for tap in np.ndindex(*kernel):
+    # Last tap first: the gradient then sums the taps' transposes (one pad
+    # each) first tap first. XLA:CPU's fusion emitter (jaxlib 0.10.2)
+    # miscompiles the other order's fused pad chain (docs/known-issues.md).
+    for tap in reversed(list(np.ndindex(*kernel))):
         planes[tap] = guard(_tap_slice(source, layouts, box, tap))
     return planes
 
