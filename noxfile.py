@@ -18,17 +18,15 @@ CPU = {"JAX_PLATFORMS": "cpu"}
 # produce, which tests inspect, are the same).
 FAST_COMPILE = {**CPU, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
 # Two workers that steal tests from each other; each hypothesis test draws a
-# quarter of its max_examples (tests_thorough draws all of them); a fixed
-# hypothesis seed makes CI reproducible (plain `pytest` draws fresh examples
-# every run). conftest.py prints one line per finished file; the ten slowest
-# tests close the report.
+# quarter of its max_examples (tests_thorough draws all of them); every
+# annotation of the package is checked at run time (jaxtyping + beartype, set
+# in pyproject.toml); a fixed hypothesis seed makes CI reproducible (plain
+# `pytest` draws fresh examples every run). conftest.py prints one line per
+# finished file; the ten slowest tests close the report.
 WORKERS = ["-n", "2", "--dist", "worksteal"]
 REPORT = ["-q", "--hypothesis-seed=0", "--durations=10"]
 FAST = [*WORKERS, *REPORT, "--examples-scale=0.25"]
-# The thorough run also checks every annotation of the package at run time
-# (jaxtyping + beartype), which slows tracing by about a tenth.
-TYPECHECKED = ["--jaxtyping-packages=eqx_stencil,beartype.beartype"]
-THOROUGH = [*WORKERS, *REPORT, *TYPECHECKED, "--examples-scale=1"]
+THOROUGH = [*WORKERS, *REPORT, "--thorough", "--examples-scale=1"]
 
 
 @nox.session(python=PYTHON)
@@ -41,8 +39,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests_thorough(session: nox.Session) -> None:
-    """The whole suite with every hypothesis example (4x `tests`) and run-time
-    type checks of the package; CI runs this too."""
+    """Only the hypothesis tests, each with its declared examples (4x
+    `tests`), compiled as users' programs are (no -O0); CI runs this too."""
     session.install("-e", ".[test]")
     session.run("pytest", *(session.posargs or THOROUGH), env=CPU)
 

@@ -3,6 +3,8 @@
 - `--examples-scale=F`: every hypothesis test draws `F` times its own
   `max_examples` (at least `MIN_EXAMPLES`). `nox -s tests` draws a quarter
   (the fast suite), `nox -s tests_thorough` the declared number.
+- `--thorough`: only the hypothesis tests run (the `tests_thorough` session;
+  CI runs it too).
 - Progress: one line per test file as it finishes (passed count and seconds)
   instead of a dot per test; failures, errors and skips still print their
   letter, and the summary at the end is pytest's own.
@@ -28,14 +30,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=1.0,
         help="scale every hypothesis test's max_examples by this factor",
     )
+    parser.addoption(
+        "--thorough", action="store_true", help="run only the hypothesis tests"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     scale = config.getoption("examples_scale")
-    scaled = set()
+    thorough = config.getoption("thorough")
+    kept, dropped, scaled = [], [], set()
     for item in items:
         test = getattr(item, "obj", None)
-        if getattr(test, "is_hypothesis_test", False) and id(test) not in scaled:
+        if not getattr(test, "is_hypothesis_test", False):
+            (dropped if thorough else kept).append(item)
+            continue
+        kept.append(item)
+        if scale != 1 and id(test) not in scaled:
             scaled.add(id(test))
             # The settings hypothesis reads when the test runs (an explicit
             # `@settings(max_examples=...)` wins over any profile).
@@ -44,6 +54,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
             test._hypothesis_internal_use_settings = hypothesis.settings(
                 current, max_examples=examples
             )
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 class FileProgress:

@@ -112,7 +112,7 @@ def test_gradients_equal_slice_lowering_and_finite_differences(every_size, geome
     expected = jax.jit(slices_only(jax.grad(loss, argnums=(0, 1))))(x, weights)
     for a, b in zip(found, expected):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    check_grads(loss, (x, weights), order=1, modes=("fwd", "rev"), atol=1e-2)
+    check_grads(jax.jit(loss), (x, weights), order=1, modes=("fwd", "rev"), atol=1e-2)
 
 
 def test_multiple_fields_and_vector_outputs(every_size):
@@ -318,7 +318,7 @@ def _run(case: Case) -> tuple[int, jax.Array, tuple[jax.Array, jax.Array]]:
     return count, compiled(*args), jax.jit(jax.grad(loss, argnums=(0, 1)))(*args)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(case=cases())
 def test_linear_functions_match_numpy_and_vmap(case):
     count, value, grads = _run(case)
@@ -342,14 +342,7 @@ def test_linear_functions_match_numpy_and_vmap(case):
     text = f"{case.func.text} {case.geometry} region={case.region}"
     np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4, err_msg=text)
     np.testing.assert_allclose(value, ref_value, rtol=1e-4, atol=1e-4, err_msg=text)
+    # Finite differences of the convolution's gradient: the fixed geometries
+    # of test_gradients_equal_slice_lowering_and_finite_differences.
     for grad, ref_grad in zip(grads, ref_grads):
         np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-4, err_msg=text)
-    stencil = _stencil(case)
-    check_grads(
-        jax.jit(lambda x, k: jnp.sum(jnp.sin(stencil(x, k)))),
-        (jnp.asarray(case.x), jnp.asarray(case.weights)),
-        order=1,
-        modes=("rev",),
-        atol=1e-2,
-        rtol=1e-2,
-    )
