@@ -284,12 +284,10 @@ def cases(draw) -> Case:
     geometry["boundary"] = boundary
     if boundary == "constant":
         geometry["cval"] = draw(st.sampled_from([0.0, 1.5]))
-    # Regions (the tile path: one convolution per tile) are left out for now:
-    # on (145, 3, 4), kernel (145, 1, 1), strides (1, 2, 1), padding
-    # ((0, 0), "valid", 2), wrap, region `..., 1:`, the einsum function, the
-    # `vmap` lowering's input gradient is wrong on channel 118 (finite
-    # differences agree with the convolution's): a bug outside this module.
-    region = None
+    # A second function on the last output columns: the tile path (one
+    # convolution per tile). Its `vmap` reference once met an XLA:CPU
+    # miscompile (docs/known-issues.md, tests/test_xla_workarounds.py).
+    region = draw(st.sampled_from([None, (..., slice(1, None))]))
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32)
