@@ -288,10 +288,16 @@ class DimLayout:
         """Tap index of the relative origin `x[0]`."""
         return anchor_tap(self.kernel)
 
+    @property
+    def anchor_offset(self) -> int:
+        """Offset of the anchor tap from its window's first tap (padded
+        coordinates): where output 0's anchor sits in the padded input."""
+        return self.anchor * self.dilation
+
     def anchor_input(self, position: Any) -> Any:
         """Input coordinate of the anchor of output `position` (an int or an
         integer array)."""
-        return position * self.stride + self.anchor * self.dilation - self.lo
+        return position * self.stride + self.anchor_offset - self.lo
 
     def source(self, start: int, stop: int) -> tuple[int, int]:
         """Padded coordinates `[first, last)` read by the outputs `[start, stop)`."""

@@ -279,7 +279,7 @@ class _Padded(_Working):
 
     def write(self, work: Work, lead: Lead, row: Work) -> Work:
         layouts = self.problem.layouts
-        anchors = [lay.anchor * lay.dilation for lay in layouts]
+        anchors = [lay.anchor_offset for lay in layouts]
         starts = [i * lay.stride + a for i, lay, a in zip(lead, layouts, anchors)]
         starts += anchors[len(lead) :]
         trailing = layouts[len(lead) :]
@@ -312,8 +312,8 @@ def _anchor_ranges(layouts: Sequence[DimLayout]) -> list[tuple[int, int]]:
     """Per dim, the padded coordinates `[first, last + 1)` of the anchors."""
     return [
         (
-            lay.anchor * lay.dilation,
-            lay.anchor * lay.dilation + (lay.out - 1) * lay.stride + 1,
+            lay.anchor_offset,
+            lay.anchor_offset + (lay.out - 1) * lay.stride + 1,
         )
         for lay in layouts
     ]
@@ -406,7 +406,7 @@ class _Anchors(_Working):
     def _delta(self, offset: tuple[int, ...]) -> tuple[int, ...] | None:
         """The offset of the row of outputs whose anchors the row at padded
         `offset` holds (`None`: no anchors)."""
-        shifts = [o - lay.anchor * lay.dilation for o, lay in zip(offset, self.scanned)]
+        shifts = [o - lay.anchor_offset for o, lay in zip(offset, self.scanned)]
         if any(shift % lay.stride for shift, lay in zip(shifts, self.scanned)):
             return None
         return tuple(shift // lay.stride for shift, lay in zip(shifts, self.scanned))
@@ -441,7 +441,7 @@ class _Anchors(_Working):
                 return _Results(delta, outputs)
             lay, (c0, c1) = layouts[k], source[k - m]
             rest = tuple((a, b, 1) for a, b in source[k - m + 1 :])
-            base, s = lay.anchor * lay.dilation, lay.stride
+            base, s = lay.anchor_offset, lay.stride
             first = max(0, -(-(c0 - base) // s))
             stop = min(lay.out, (c1 - 1 - base) // s + 1)
             if first >= stop:  # no anchor in this piece
