@@ -18,6 +18,7 @@ keeps the slice lowerings (`_unroll.py`, `vmap`):
   (`benchmarks/conv.py`, `threshold_case`), above it the unrolled program
   grows (one product per tap and output entry: `es.nn.Conv2d(3, 64)`'s
   took two minutes to compile) and runs slower than the convolution;
+  inside `always_conv()` (`es.nn.Conv`) any number does;
 - its jaxpr is linear in the windows (`_is_linear`: no constant term, no
   custom derivative rule, no effect) and its dtypes are real floating point.
 
@@ -30,8 +31,10 @@ the function is a convolution of its source, which holds its padding.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -50,6 +53,25 @@ from ._geometry import Cval, DimLayout
 # computed by a convolution (measured on XLA:CPU: `benchmarks/conv.py`, see
 # the rule above).
 MIN_CONV_TAPS = 144
+_ALWAYS = contextvars.ContextVar("eqx_stencil_always_conv", default=False)
+
+
+@contextlib.contextmanager
+def always_conv() -> Iterator[None]:
+    """Within this context, stencils traced lower every linear window function
+    to a convolution, however few its taps (`es.nn.Conv`).
+
+    The slices win on a forward pass with few taps, but their gradient with
+    respect to traced weights is one reduction per tap, output entry and tile:
+    `es.nn.Conv2d(3, 4, 3)`'s weight gradient on an `(8, 3, 64, 64)` batch
+    took 26.7 s to compile (and ran in 12.4 ms) against the convolution's
+    0.51 s (7.8 ms) and `eqx.nn.Conv2d`'s 0.35 s (8.0 ms)."""
+    token = _ALWAYS.set(True)
+    try:
+        yield
+    finally:
+        _ALWAYS.reset(token)
+
 
 # Primitives linear in each of their operands that depend on the window
 # (the others must not): `mul(window, weights)`, `dot_general`, ...
@@ -133,7 +155,7 @@ def _weights(
     """The weights `(outputs, fields, *kernel)` of a linear `call`, each output
     leaf's shape and dtype, and the output structure; `None` if `call` is
     not linear in its windows or has fewer than `MIN_CONV_TAPS` taps times
-    outputs."""
+    outputs (outside `always_conv()`)."""
     out_tree: list[Any] = []
 
     def flat(*arrays: Array) -> list[Array]:
@@ -152,7 +174,7 @@ def _weights(
         return None
     sizes = [math.prod(shape) for shape, _ in leaves]
     taps = sum(math.prod(window.shape) for window in windows)
-    if taps * sum(sizes) < MIN_CONV_TAPS:
+    if taps * sum(sizes) < MIN_CONV_TAPS and not _ALWAYS.get():
         return None
     transpose = jax.linear_transpose(flat, *windows)
     basis = jnp.eye(sum(sizes), dtype=jnp.result_type(*[d for _, d in leaves]))

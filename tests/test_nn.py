@@ -153,6 +153,25 @@ def test_conv_complex():
     _close(_apply(ours, x), _apply(theirs, x))
 
 
+@pytest.mark.parametrize(
+    "groups, convolutions", [(1, 1), (2, 0)], ids=["dense", "grouped"]
+)
+def test_few_channels_lower_to_one_convolution_unless_grouped(groups, convolutions):
+    """18 taps times 2 outputs: below kmap's threshold, yet a dense layer is
+    one convolution (its gradient compiles as fast as `eqx.nn.Conv`'s); a
+    grouped one keeps the slices (XLA gathers a batch-sharded grouped
+    convolution)."""
+    layer = enn.Conv2d(2, 2, 3, padding=1, groups=groups, key=jax.random.PRNGKey(0))
+    params, static = eqx.partition(layer, eqx.is_array)
+
+    def loss(params, x):
+        return jnp.sum(jnp.sin(jax.vmap(eqx.combine(params, static))(x)))
+
+    x = _normal((4, 2, 8, 8))
+    program = jax.jit(jax.grad(loss)).lower(params, x).compile().as_text()
+    assert program.count(" convolution(") == 2 * convolutions  # forward, weight grad
+
+
 def test_conv_wrong_weights_disagree():
     """The comparison can fail: a perturbed weight is caught."""
     key = jax.random.PRNGKey(0)
