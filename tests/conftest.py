@@ -3,8 +3,10 @@
 - `--examples-scale=F`: every hypothesis test draws `F` times its own
   `max_examples` (at least `MIN_EXAMPLES`). `nox -s tests` draws a quarter
   (the fast suite), `nox -s tests_thorough` the declared number.
-- `--thorough`: only the hypothesis tests run (the `tests_thorough` session;
-  CI runs it too).
+- `--thorough`: only the hypothesis tests and the tests marked `thorough` run
+  (the `tests_thorough` session; CI runs it too). A test or parameter marked
+  `thorough` adds breadth to a rule the fast suite already checks with a
+  cheaper case (more modes, layers, meshes or sizes); the fast suite skips it.
 - Progress: one line per test file as it finishes (passed count and seconds)
   instead of a dot per test; failures, errors and skips still print their
   letter, and the summary at the end is pytest's own.
@@ -31,7 +33,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="scale every hypothesis test's max_examples by this factor",
     )
     parser.addoption(
-        "--thorough", action="store_true", help="run only the hypothesis tests"
+        "--thorough",
+        action="store_true",
+        help="run only the hypothesis tests and the tests marked thorough",
     )
 
 
@@ -41,10 +45,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     kept, dropped, scaled = [], [], set()
     for item in items:
         test = getattr(item, "obj", None)
-        if not getattr(test, "is_hypothesis_test", False):
-            (dropped if thorough else kept).append(item)
+        hypothesis_test = getattr(test, "is_hypothesis_test", False)
+        breadth = item.get_closest_marker("thorough") is not None
+        keep = (hypothesis_test or breadth) if thorough else not breadth
+        (kept if keep else dropped).append(item)
+        if not (keep and hypothesis_test):
             continue
-        kept.append(item)
         if scale != 1 and id(test) not in scaled:
             scaled.add(id(test))
             # The settings hypothesis reads when the test runs (an explicit

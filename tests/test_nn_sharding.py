@@ -16,7 +16,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from case_runner import result, run_cases
+from case_runner import breadth_param, result, shared_results
 
 
 CASES = pathlib.Path(__file__).parent / "nn_sharded" / "cases.py"
@@ -34,17 +34,38 @@ LAYERS = [
     "finite_difference",
 ]
 GATHERS = ("all-gather", "all-to-all", "reduce-scatter")
+# Batch cases only `nox -s tests_thorough` runs: the fast suite batches each
+# kind of layer on Explicit axes and a convolution and a pool on Auto axes
+# (every layer is spatially sharded in both).
+BATCHED_FAST = {
+    "explicit": {"conv2d", "maxpool", "avgpool", "blur", "finite_difference"},
+    "auto": {"conv2d", "maxpool"},
+}
+BREADTH = {
+    f"batch_{axis_type}_{layer}"
+    for axis_type, fast in BATCHED_FAST.items()
+    for layer in LAYERS
+    if layer not in fast
+}
 
 
 @pytest.fixture(scope="module")
-def results() -> dict[str, dict]:
-    return run_cases(CASES)
+def results(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict]:
+    return shared_results(CASES, BREADTH, request.config, tmp_path_factory)
 
 
-@pytest.mark.parametrize("axis_type", ["explicit", "auto"])
-@pytest.mark.parametrize("layer", LAYERS)
-def test_batch_sharding(results: dict, layer: str, axis_type: str) -> None:
-    entry = result(results, f"batch_{axis_type}_{layer}")
+@pytest.mark.parametrize(
+    "name",
+    [
+        breadth_param(f"batch_{axis_type}_{layer}", BREADTH)
+        for axis_type in BATCHED_FAST
+        for layer in LAYERS
+    ],
+)
+def test_batch_sharding(results: dict, name: str) -> None:
+    entry = result(results, name)
     assert entry["err"] <= 1e-6
     assert entry["out_spec"].startswith("P('b'")
     assert set(entry["counts"].values()) == {0}, entry["counts"]

@@ -11,29 +11,43 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from case_runner import result, run_cases
+from case_runner import breadth_param, result, shared_results
 
 
 CASES = pathlib.Path(__file__).parent / "sharded" / "cases.py"
 NO_GATHER = {"all-gather": 0, "all-to-all": 0, "all-reduce": 0}
+MODES = ["constant", "edge", "reflect", "symmetric", "wrap"]
+# Cases only `nox -s tests_thorough` runs: the 5-point Laplacian takes every
+# boundary mode and the 9-point one the zero fill (its corners) in the fast
+# suite; the deep halos there are periodic.
+BREADTH = {
+    *(f"lap9_{mode}" for mode in MODES[1:]),
+    "deep_halo_constant",
+    "deep_halo_reflect",
+}
 
 
 @pytest.fixture(scope="module")
-def results() -> dict[str, dict]:
-    return run_cases(CASES)
+def results(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict]:
+    return shared_results(CASES, BREADTH, request.config, tmp_path_factory)
 
 
 def others(entry: dict) -> dict[str, int]:
     return {k: v for k, v in entry["counts"].items() if k != "collective-permute"}
 
 
-MODES = ["constant", "edge", "reflect", "symmetric", "wrap"]
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("points", [5, 9])
-def test_laplacian_4x2(results: dict, points: int, mode: str) -> None:
-    entry = result(results, f"lap{points}_{mode}")
+@pytest.mark.parametrize(
+    "name",
+    [
+        breadth_param(f"lap{points}_{mode}", BREADTH)
+        for points in (5, 9)
+        for mode in MODES
+    ],
+)
+def test_laplacian_4x2(results: dict, name: str) -> None:
+    entry = result(results, name)
     assert entry["err"] <= 1e-6
     assert entry["out_spec"] == ["P('x', 'y')"]
     assert entry["counts"]["collective-permute"] <= 4
@@ -164,10 +178,16 @@ def test_bad_input(results: dict, name: str, error: str, words: list[str]) -> No
         assert word in entry["message"]
 
 
-@pytest.mark.parametrize("mode", ["wrap", "constant", "reflect"])
-def test_deep_halos(results: dict, mode: str) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        breadth_param(f"deep_halo_{mode}", BREADTH)
+        for mode in ("wrap", "constant", "reflect")
+    ],
+)
+def test_deep_halos(results: dict, name: str) -> None:
     # 12 steps, one exchange every 4: the loop body holds the only 4 messages
-    entry = result(results, f"deep_halo_{mode}")
+    entry = result(results, name)
     assert entry["err"] <= 1e-6
     assert entry["counts"] == {"collective-permute": 4, **NO_GATHER}
     assert entry["out_spec"] == ["P('x', 'y')"]

@@ -5,11 +5,9 @@ Run by `tests/test_nn_sharding.py` in a subprocess (the devices exist only if
 the single-device call and reports the collectives of the compiled program.
 """
 
-import json
 import os
+import pathlib
 import sys
-import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -18,11 +16,13 @@ from typing import Any
 # optimisation level).
 flags = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/
 
 import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from case_runner import serve  # noqa: E402
 from jax.sharding import (  # noqa: E402
     AxisType,
     NamedSharding,
@@ -159,20 +159,5 @@ CASES["grad_spatial_conv2d"] = lambda: _conv_grads(
 )
 
 
-def main(names: list[str]) -> None:
-    for name in names or list(CASES):
-        start = time.perf_counter()
-        try:
-            result = CASES[name]()
-        except Exception as error:  # noqa: BLE001 - reported to the test
-            result = {
-                "raised": type(error).__name__,
-                "message": str(error),
-                "trace": traceback.format_exc()[-2000:],
-            }
-        seconds = round(time.perf_counter() - start, 2)
-        print(json.dumps({"case": name, "seconds": seconds, **result}), flush=True)
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    serve(CASES)

@@ -10,6 +10,8 @@ of the compiled program, or the error a case is meant to raise.
 from __future__ import annotations
 
 import os
+import pathlib
+import sys
 
 
 # Eight simulated devices, keeping the flags the test run set (its XLA
@@ -17,18 +19,16 @@ import os
 flags = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/
 
-import json  # noqa: E402
 import re  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from case_runner import serve  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import eqx_stencil as es  # noqa: E402
@@ -666,21 +666,5 @@ def deep_halo_unsharded() -> dict:
     return {"out": str(_deep("wrap", 4, 2, 0.1, u0))}
 
 
-def main(names: list[str]) -> None:
-    for name in names or list(CASES):
-        start = time.perf_counter()
-        try:
-            result = CASES[name]()
-        except Exception as error:  # noqa: BLE001 - reported to the test
-            result = {
-                "raised": type(error).__name__,
-                "message": str(error),
-                "trace": traceback.format_exc()[-2000:],
-            }
-        seconds = round(time.perf_counter() - start, 2)
-        result.pop("hlo", None)
-        print(json.dumps({"case": name, "seconds": seconds, **result}), flush=True)
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    serve(CASES)
