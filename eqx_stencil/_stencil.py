@@ -22,7 +22,7 @@ import jax.tree_util as jtu
 from jax.sharding import NamedSharding
 from jaxtyping import Array, ArrayLike, PyTree, ScalarLike
 
-from ._call import compiled_call, is_traced
+from ._call import run
 from ._data_regions import normalize_index, region_entries, resolve_regions
 from ._geometry import (
     BoolLike,
@@ -258,9 +258,7 @@ class Stencil(eqx.Module):
         def apply() -> PyTree[Array]:
             return self._apply(as_fields(array), args, kwargs)
 
-        if is_traced((self, array, args, kwargs)):
-            return apply()
-        return compiled_call(apply)
+        return run(apply, (self, array, args, kwargs))
 
     def _apply(self, fields: Fields, args: tuple, kwargs: dict) -> PyTree[Array]:
         """Every kind's one path: fields -> problem -> region table -> run."""
