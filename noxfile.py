@@ -18,29 +18,33 @@ CPU = {"JAX_PLATFORMS": "cpu"}
 # produce, which tests inspect, are the same).
 FAST_COMPILE = {**CPU, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
 # Two workers that steal tests from each other; each hypothesis test draws a
-# quarter of its max_examples (tests_thorough draws all of them); every
-# annotation of the package is checked at run time (jaxtyping + beartype, set
-# in pyproject.toml); a fixed hypothesis seed makes CI reproducible (plain
-# `pytest` draws fresh examples every run). conftest.py prints one line per
-# finished file; the ten slowest tests close the report.
+# quarter of its max_examples (tests_thorough draws all of them); a fixed
+# hypothesis seed makes CI reproducible (plain `pytest` draws fresh examples
+# every run). conftest.py prints one line per finished file; the ten slowest
+# tests close the report.
 WORKERS = ["-n", "2", "--dist", "worksteal"]
 REPORT = ["-q", "--hypothesis-seed=0", "--durations=10"]
 FAST = [*WORKERS, *REPORT, "--examples-scale=0.25"]
-THOROUGH = [*WORKERS, *REPORT, "--thorough", "--examples-scale=1"]
+# tests_thorough also checks every annotation of the package at run time
+# (jaxtyping + beartype: about a fifth of the run time, as jaxtyping decorates
+# each nested function every time its enclosing function runs).
+TYPED = ["--jaxtyping-packages=eqx_stencil,beartype.beartype"]
+THOROUGH = [*WORKERS, *REPORT, *TYPED, "--thorough", "--examples-scale=1"]
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The test suite on the CPU, quickly: a quarter of the hypothesis
-    examples."""
+    examples, no `thorough` breadth, XLA at -O0, no run-time type checks."""
     session.install("-e", ".[test]")
     session.run("pytest", *(session.posargs or FAST), env=FAST_COMPILE)
 
 
 @nox.session(python=PYTHON)
 def tests_thorough(session: nox.Session) -> None:
-    """Only the hypothesis tests, each with its declared examples (4x
-    `tests`), compiled as users' programs are (no -O0); CI runs this too."""
+    """The hypothesis tests with their declared examples (4x `tests`) and the
+    tests marked `thorough` (breadth: more modes, layers, meshes), compiled as
+    users' programs are (no -O0), with run-time type checks; CI runs it too."""
     session.install("-e", ".[test]")
     session.run("pytest", *(session.posargs or THOROUGH), env=CPU)
 
