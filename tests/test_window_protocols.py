@@ -31,6 +31,16 @@ from eqx_stencil import _lower
 KERNEL = (3, 2)
 ANCHOR = (1, 0)  # (k - 1) // 2
 GEOMETRY = dict(kernel_size=KERNEL, padding="same")
+# The whole-window and indexing tests run in two geometries. The fast suite's
+# `STRIP` pads one side: an interior box and one boundary strip (the padded
+# windows), each with its own window lowering; `GEOMETRY` ("same") has four
+# boxes (strips on both sides of dim 0 and on dim 1): more of the same boxes,
+# twice the program to trace and compile, so only `--thorough` runs it.
+STRIP = dict(kernel_size=KERNEL, padding=((1, 0), (0, 0)))
+GEOMETRIES = [
+    pytest.param(STRIP, id="strip"),
+    pytest.param(GEOMETRY, id="same", marks=pytest.mark.thorough),
+]
 X = np.array(
     [[0.0, 1.5, -2.0, 0.0], [3.0, 0.0, 0.5, -1.0], [0.0, 2.0, 0.0, 4.0]]
     + [[-0.5, 0.0, 1.0, 2.5], [1.0, -3.0, 0.0, 0.0]],
@@ -149,22 +159,40 @@ def indexing_forms(mode: str) -> dict:
     return forms
 
 
-def reference_tree(func, fields):
-    """`func` on the pytree of plain windows (concrete arrays cut from the
-    NumPy reference's patches) at every position, stacked."""
+# Each test's reference does not depend on the mode or the lowering: computed
+# once per key (the test and, where its plain keys differ, the mode).
+_REFERENCES: dict = {}
+
+
+def reference_tree(func, fields, geometry=GEOMETRY, key=None):
+    """`func` on the pytree of plain windows (arrays cut from the NumPy
+    reference's patches) at every position, stacked; cached under `key` (and
+    the geometry).
+
+    `func` is compiled once (`jax.jit`) and called position by position: the
+    same expression on a plain (traced) array, without a stencil or `vmap`.
+    """
+    if key is not None:
+        key = (key, repr(geometry))
+        if key in _REFERENCES:
+            return _REFERENCES[key]
     leaves, structure = jtu.tree_flatten(fields)
-    patches = [reference_kmap(lambda p: p, leaf, **GEOMETRY) for leaf in leaves]
+    patches = [reference_kmap(lambda p: p, leaf, **geometry) for leaf in leaves]
     out_shape = patches[0].shape[: leaves[0].ndim]
+    plain = jax.jit(func)
     results = [
         jtu.tree_map(
-            np.asarray, func(structure.unflatten([jnp.asarray(p[i]) for p in patches]))
+            np.asarray, plain(structure.unflatten([jnp.asarray(p[i]) for p in patches]))
         )
         for i in np.ndindex(*out_shape)
     ]
-    return jtu.tree_map(
+    expected = jtu.tree_map(
         lambda *values: np.stack(values).reshape(out_shape + values[0].shape),
         *results,
     )
+    if key is not None:
+        _REFERENCES[key] = expected
+    return expected
 
 
 def assert_trees_match(out, expected):
@@ -199,31 +227,40 @@ def lowering(request, monkeypatch):
     return request.param, applied
 
 
+@pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("mode", MODES)
-def test_protocols_match_plain_window(mode, lowering):
+def test_protocols_match_plain_window(mode, lowering, geometry):
     def func(w):
         return {name: protocol(w) for name, protocol in PROTOCOLS.items()}
 
-    out = es.kmap(func, **GEOMETRY, **MODES[mode])(jnp.asarray(X))
-    assert_trees_match(out, reference_tree(func, X))
+    out = es.kmap(func, **geometry, **MODES[mode])(jnp.asarray(X))
+    assert_trees_match(out, reference_tree(func, X, geometry, key="protocols"))
     kind, applied = lowering
     if kind == "unrolled":  # these protocols all have exact plane rules
         assert applied and all(applied)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_protocols_match_plain_window_multifield(mode, lowering):
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize(
+    "mode",
+    # Every mode is checked by the single-field test (same protocols, both
+    # lowerings) in the fast suite; here one mode with a pytree of windows.
+    [m if m == "named" else pytest.param(m, marks=pytest.mark.thorough) for m in MODES],
+)
+def test_protocols_match_plain_window_multifield(mode, lowering, geometry):
     def func(windows):
         u, v = windows  # unpacking the pytree of windows
         return {name: (p(u), p(v)) for name, p in PROTOCOLS.items()}
 
     fields = (jnp.asarray(X), jnp.asarray(Y))
-    out = es.kmap(func, **GEOMETRY, **MODES[mode])(fields)
-    assert_trees_match(out, reference_tree(func, (X, Y)))
+    out = es.kmap(func, **geometry, **MODES[mode])(fields)
+    expected = reference_tree(func, (X, Y), geometry, key="multifield")
+    assert_trees_match(out, expected)
 
 
+@pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("mode", MODES)
-def test_indexing_forms_match_plain_window(mode, lowering):
+def test_indexing_forms_match_plain_window(mode, lowering, geometry):
     forms = indexing_forms(mode)
 
     def func(w):
@@ -242,8 +279,9 @@ def test_indexing_forms_match_plain_window(mode, lowering):
             "at_get": p[1],
         }
 
-    out = es.kmap(func, **GEOMETRY, **MODES[mode])(jnp.asarray(X))
-    assert_trees_match(out, reference_tree(plain, X))
+    out = es.kmap(func, **geometry, **MODES[mode])(jnp.asarray(X))
+    expected = reference_tree(plain, X, geometry, key=("indexing", mode))
+    assert_trees_match(out, expected)
 
 
 @pytest.mark.parametrize("mode", MODES)
