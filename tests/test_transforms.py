@@ -53,21 +53,19 @@ def test_jit_matches_eager_and_reference():
 
 
 @pytest.mark.parametrize(
-    "func", [lambda w: w[0, 0] * w[1, 2], lambda w: jnp.sum(w**2), lambda w: w]
+    "func, np_func",
+    [
+        (lambda w: w[0, 0] * w[1, 2], lambda w: w[0, 0] * w[1, 2]),
+        (lambda w: jnp.sum(w**2), lambda w: np.sum(w**2)),
+        (lambda w: w, lambda w: w),
+    ],
 )
-def test_vmap_over_a_batch_of_inputs(func):
+def test_vmap_over_a_batch_of_inputs(func, np_func):
     kwargs = dict(kernel_size=(2, 3), strides=(1, 2), padding=1, boundary="reflect")
     stencil = es.kmap(func, **kwargs)
     xs = _x((3, 5, 6))
     out = jax.vmap(stencil)(xs)
-    expected = np.stack(
-        [
-            reference_kmap(
-                lambda w: np.asarray(func(jnp.asarray(w))), np.asarray(x), **kwargs
-            )
-            for x in xs
-        ]
-    )
+    expected = np.stack([reference_kmap(np_func, np.asarray(x), **kwargs) for x in xs])
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
         eqx.filter_vmap(stencil)(xs), expected, rtol=1e-5, atol=1e-5
@@ -104,7 +102,7 @@ def test_grad_wrt_input_matches_hand_written():
 
     np.testing.assert_allclose(
         jax.jit(jax.grad(loss(stencil)))(x),
-        jax.grad(loss(_hand_laplacian_wrap))(x),
+        jax.jit(jax.grad(loss(_hand_laplacian_wrap)))(x),
         rtol=1e-5,
         atol=1e-5,
     )
@@ -117,7 +115,15 @@ def _weighted_sum_grad_reference(x, g, kernel, **kwargs):
     return np.tensordot(np.asarray(g), patches, axes=(axes, axes))
 
 
-@pytest.mark.parametrize("boundary", ["constant", "wrap", "symmetric"])
+@pytest.mark.parametrize(
+    "boundary",
+    [
+        "constant",
+        # other fills: breadth of the rule "constant" checks (tests_thorough)
+        pytest.param("wrap", marks=pytest.mark.thorough),
+        pytest.param("symmetric", marks=pytest.mark.thorough),
+    ],
+)
 def test_grad_wrt_positional_and_keyword_weights(boundary):
     kwargs = dict(padding="same", strides=(2, 1), boundary=boundary, cval=1.5)
     stencil = es.kmap(lambda win, w: jnp.sum(win * w), kernel_size=(3, 2), **kwargs)
@@ -208,23 +214,69 @@ GRAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("func, kernel_size, kwargs, order", GRAD_CASES)
+# The fast suite checks every case at first order (~4 compilations each) and
+# second order (~14 compilations of a program of many tiles: 10 to 20 s
+# each) on 1D inputs in test_check_grads_second_order_shift_lowering and
+# test_check_grads_wrt_weights (the window lowering): padding, boundary
+# fills, strides and tiles are linear in the input, so their second
+# derivatives are their first ones'; the second order of the function on the
+# windows is the rule. The 2D cases at second order run in tests_thorough.
+# A dilated reflect case (3), edge and symmetric fills (4, 5) and a second
+# wrap case (6) are breadth of the fills' first order that cases 0 (wrap),
+# 1 (reflect) and 2 (constant) check (tests_thorough).
+def _grad_params():
+    params = []
+    for number, (func, kernel_size, kwargs, order) in enumerate(GRAD_CASES):
+        breadth = [pytest.mark.thorough] if number in (3, 4, 5, 6) else []
+        params.append(pytest.param(func, kernel_size, kwargs, 1, marks=breadth))
+        if order == 2:
+            params.append(
+                pytest.param(func, kernel_size, kwargs, 2, marks=pytest.mark.thorough)
+            )
+    return params
+
+
+@pytest.mark.parametrize("func, kernel_size, kwargs, order", _grad_params())
 def test_check_grads(func, kernel_size, kwargs, order):
     stencil = es.kmap(func, kernel_size=kernel_size, **kwargs)
     x = _x((4, 5))
     check_grads(jax.jit(stencil), (x,), order=order, modes=["fwd", "rev"], atol=1e-2)
 
 
-def test_check_grads_wrt_weights():
+def test_check_grads_second_order_shift_lowering():
+    """The shift lowering (taps), strided, on a 1D input."""
+    stencil = es.kmap(lambda w: w[0] * w[2] - jnp.cos(w[1]), kernel_size=3, strides=2)
+    x = _x((7,))
+    check_grads(jax.jit(stencil), (x,), order=2, modes=["fwd", "rev"], atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, wrt_input",
+    [
+        # the fill is constant in the weights and linear in the input: valid
+        # padding is the rule; the window lowering (the whole window) with
+        # respect to the input and the weights together, strided
+        (dict(strides=2), True),
+        # the original wrap case, weights only: breadth (tests_thorough)
+        pytest.param(
+            dict(boundary="wrap", padding="same"), False, marks=pytest.mark.thorough
+        ),
+    ],
+    ids=["valid", "wrap"],
+)
+def test_check_grads_wrt_weights(kwargs, wrt_input):
     stencil = es.kmap(
-        lambda win, w: jnp.sum(jnp.tanh(win * w)), kernel_size=3, boundary="wrap",
-        padding="same",
-    )  # fmt: skip
+        lambda win, w: jnp.sum(jnp.tanh(win * w) * jnp.arange(1.0, 4.0)),
+        kernel_size=3,
+        **kwargs,
+    )
     x = _x((7,))
     w = _x((3,), seed=1)
-    check_grads(
-        jax.jit(lambda w: stencil(x, w)), (w,), order=2, modes=["fwd", "rev"], atol=1e-2
-    )
+    if wrt_input:
+        function, args = jax.jit(stencil), (x, w)
+    else:
+        function, args = jax.jit(lambda w: stencil(x, w)), (w,)
+    check_grads(function, args, order=2, modes=["fwd", "rev"], atol=1e-2)
 
 
 # --------------------------------------------------------------------------
@@ -327,23 +379,34 @@ def test_stencil_is_an_equinox_module():
 # Immutability and the decorator form.
 
 
-def test_calling_twice_and_under_two_traces_gives_identical_results():
-    for func in (laplacian, lambda w: jnp.sum(w * jnp.arange(9.0).reshape(3, 3))):
-        stencil = es.kmap(func, kernel_size=3, padding="same", boundary="symmetric")
-        before = jax.tree_util.tree_structure(stencil), stencil.kernel_size
-        x = _x((4, 4))
-        first = stencil(x)
-        second = stencil(x)
-        traced_a = jax.jit(lambda a, s=stencil: s(a))(x)
-        traced_b = jax.jit(lambda a, s=stencil: 2 * s(a))(x)
-        grads = jax.jit(jax.grad(lambda a, s=stencil: jnp.sum(s(a))))(x)
-        third = stencil(x)
-        np.testing.assert_array_equal(first, second)
-        np.testing.assert_array_equal(first, third)
-        np.testing.assert_allclose(first, traced_a, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(2 * first, traced_b, rtol=1e-6, atol=1e-6)
-        assert grads.shape == x.shape
-        assert (jax.tree_util.tree_structure(stencil), stencil.kernel_size) == before
+@pytest.mark.parametrize(
+    "func",
+    [
+        laplacian,
+        # a second function (a weighted window sum): breadth (tests_thorough)
+        pytest.param(
+            lambda w: jnp.sum(w * jnp.arange(9.0).reshape(3, 3)),
+            marks=pytest.mark.thorough,
+        ),
+    ],
+    ids=["laplacian", "weighted"],
+)
+def test_calling_twice_and_under_two_traces_gives_identical_results(func):
+    stencil = es.kmap(func, kernel_size=3, padding="same", boundary="symmetric")
+    before = jax.tree_util.tree_structure(stencil), stencil.kernel_size
+    x = _x((4, 4))
+    first = stencil(x)
+    second = stencil(x)
+    traced_a = jax.jit(lambda a, s=stencil: s(a))(x)
+    traced_b = jax.jit(lambda a, s=stencil: 2 * s(a))(x)
+    grads = jax.jit(jax.grad(lambda a, s=stencil: jnp.sum(s(a))))(x)
+    third = stencil(x)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, third)
+    np.testing.assert_allclose(first, traced_a, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(2 * first, traced_b, rtol=1e-6, atol=1e-6)
+    assert grads.shape == x.shape
+    assert (jax.tree_util.tree_structure(stencil), stencil.kernel_size) == before
 
 
 def test_decorator_form_returns_new_stencil_and_keeps_original():
