@@ -96,13 +96,28 @@ def conv_configs(draw):
     return n, c_in, c_out, kwargs, (c_in, *spatial), draw(st.integers(0, 2**16))
 
 
+def _uninitialised(cls, *args, **kwargs):
+    """`cls(*args, key=..., **kwargs)` with shapes for arrays: its initialiser
+    is not run (it compiles a random-number program per new shape, ~1 s;
+    `test_conv_same_fields_shapes_and_initialisation` checks it)."""
+    return eqx.filter_eval_shape(cls, *args, key=jax.random.PRNGKey(0), **kwargs)
+
+
 @settings(max_examples=40, deadline=None)
 @given(conv_configs())
 def test_conv_equals_eqx_conv(config):
     n, c_in, c_out, kwargs, shape, seed = config
-    theirs = eqx.nn.Conv(n, c_in, c_out, key=jax.random.PRNGKey(seed), **kwargs)
-    ours = enn.Conv(n, c_in, c_out, key=jax.random.PRNGKey(seed + 1), **kwargs)
-    ours = _copy_params(ours, theirs)
+    rng = np.random.default_rng(seed)
+    theirs = _uninitialised(eqx.nn.Conv, n, c_in, c_out, **kwargs)
+    arrays = [
+        jnp.asarray(rng.uniform(-1, 1, leaf.shape), leaf.dtype)
+        for leaf in (theirs.weight, theirs.bias)
+        if leaf is not None
+    ]
+    theirs = eqx.tree_at(
+        lambda m: [a for a in (m.weight, m.bias) if a is not None], theirs, arrays
+    )
+    ours = _copy_params(_uninitialised(enn.Conv, n, c_in, c_out, **kwargs), theirs)
     x = _normal(shape, seed)
     _close(_apply(ours, x), _apply(theirs, x))
 
