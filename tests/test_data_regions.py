@@ -112,8 +112,12 @@ def test_data_mask_equals_static_mask_and_reference(mask, geo, data_last, seed):
         )
     except ValueError:  # the input is smaller than the window
         return
-    _check(make(jnp.asarray(mask))(x), expected)
-    _check(make(mask)(x), expected)
+    # One program for both (the data mask a leaf of the stencil passed in):
+    # two eager calls compiled two programs per example.
+    data, static = make(jnp.asarray(mask)), make(mask)
+    outs = eqx.filter_jit(lambda data, x: (data(x), static(x)))(data, x)
+    _check(outs[0], expected)
+    _check(outs[1], expected)
 
 
 @settings(max_examples=10, deadline=None)
@@ -133,8 +137,12 @@ def test_label_map_equals_static_masks_and_reference(shape, seed):
         padding="same",
     )
     stencil = es.kmap(**HEAT)
-    _check(stencil.at[jnp.asarray(labels)].set(funcs)(x), expected)
-    _check(stencil.at[labels].set(funcs)(x), expected)  # NumPy: static masks
+    data = stencil.at[jnp.asarray(labels)].set(funcs)
+    static = stencil.at[labels].set(funcs)  # NumPy labels: static masks
+    # One program for both (the labels a leaf of the stencil passed in).
+    outs = eqx.filter_jit(lambda data, x: (data(x), static(x)))(data, x)
+    _check(outs[0], expected)
+    _check(outs[1], expected)
 
 
 def test_traced_labels_out_of_range_are_clamped():
@@ -224,7 +232,7 @@ def test_eager_calls_reuse_the_program_for_new_mask_values():
     x = jnp.ones((6, 6))
     step = es.kmap(interior, **HEAT)
     masks = [np.eye(6, k=k, dtype=bool) for k in range(4)]
-    expected = [np.asarray(step.at[mask].set(wall)(x)) for mask in masks]
+    expected = [_heat_reference(x, [(mask, wall)]) for mask in masks]
     step.at[jnp.asarray(masks[0])].set(wall)(x)
     before = len(_programs)
     for mask, values in zip(masks, expected):
@@ -244,7 +252,9 @@ def test_vmap_over_masks_is_one_program():
     assert len(traces) == 1
     labels = rng.integers(0, 3, (4, 7, 5))
     funcs = (interior, wall, corner)
-    outs = jax.vmap(lambda lab: step.at[lab].set(funcs)(x))(jnp.asarray(labels))
+    outs = jax.jit(jax.vmap(lambda lab: step.at[lab].set(funcs)(x)))(
+        jnp.asarray(labels)
+    )
     for label, out in zip(labels, outs):
         regions = [(label == i, f) for i, f in enumerate(funcs)]
         _check(out, _heat_reference(x, [((0, Ellipsis), corner), *regions]))
@@ -294,7 +304,7 @@ def test_unpicked_functions_give_no_nan_gradient():
     x = jnp.asarray(np.arange(12.0).reshape(3, 4) % 3, jnp.float32)  # zeros inside
     zero = x == 0
     stencil = es.kmap(lambda w: jnp.sqrt(w[0, 0]), **HEAT).at[zero].set(lambda w: 0.0)
-    grad = jax.grad(lambda x: stencil(x).sum())(x)
+    grad = jax.jit(jax.grad(lambda x: stencil(x).sum()))(x)
     expected = np.where(np.asarray(zero), 0.0, 0.5 / np.sqrt(np.maximum(x, 1e-9)))
     _check(grad, expected)
 
@@ -306,7 +316,7 @@ def test_multi_field_with_data_mask():
     base = es.kmap(lambda w: {"a": w["u"][0, 0], "b": w["v"][1, 0]}, **HEAT)
     data = base.at[jnp.asarray(mask)].set(lambda w: {"a": 0.0, "b": w["u"][0, 1]})
     static = base.at[mask].set(lambda w: {"a": 0.0, "b": w["u"][0, 1]})
-    out, expected = data({"u": u, "v": v}), static({"u": u, "v": v})
+    out, expected = jax.jit(lambda f: (data(f), static(f)))({"u": u, "v": v})
     for key in ("a", "b"):
         _check(out[key], np.asarray(expected[key]))
 
@@ -324,15 +334,22 @@ def test_kscan_honours_data_regions(func):
     x = jnp.asarray(rng.random((6, 5)), jnp.float32)
     mask = rng.random((6, 5)) < 0.4
     scan = es.kscan(func, kernel_size=3, padding="same", relative=True)
-    expected = np.asarray(scan.at[mask].set(lambda w: 2 * w[0, 0])(x))
-    run = jax.jit(lambda m: scan.at[m].set(lambda w: 2 * w[0, 0])(x))
-    _check(run(jnp.asarray(mask)), expected)
     labels = rng.integers(0, 2, (6, 5))
     funcs = (func, lambda w: w[0, 0] - w[-1, 0])
-    _check(
-        scan.at[jnp.asarray(labels)].set(funcs)(x),
-        np.asarray(scan.at[labels].set(funcs)(x)),
-    )
+
+    def run(m, lab):  # traced masks and labels, and the static ones
+        return (
+            scan.at[m].set(lambda w: 2 * w[0, 0])(x),
+            scan.at[mask].set(lambda w: 2 * w[0, 0])(x),
+            scan.at[lab].set(funcs)(x),
+            scan.at[labels].set(funcs)(x),
+        )
+
+    data, static, data_labels, static_labels = jax.jit(run)(
+        jnp.asarray(mask), jnp.asarray(labels)
+    )  # one program instead of four
+    _check(data, np.asarray(static))
+    _check(data_labels, np.asarray(static_labels))
 
 
 def test_iterate_with_traced_mask():
@@ -399,6 +416,11 @@ print(json.dumps(out))
 """
 
 
+# Breadth (tests_thorough): the fast suite checks a data mask on an input
+# sharded over a 4x2 mesh against the single-device call, with no all-gather,
+# in tests/test_sharding.py::test_equals_single_device[data_region]; this
+# adds a mask sharded like the input and an Auto mesh (a subprocess: ~6 s).
+@pytest.mark.thorough
 def test_sharded_data_mask_equals_single_device():
     """On a 4x2 mesh of simulated devices: the mask (sharded like the input or
     not) gives the single-device result, with no all-gather."""
@@ -427,12 +449,18 @@ def test_whole_window_and_patch_functions():
     x = jnp.arange(7.0)
     mask = np.array([1, 0, 1, 1, 0, 0, 1], bool)
     patches = es.kmap(lambda w: w, kernel_size=3, padding="same")
-    _check(
-        patches.at[jnp.asarray(mask)].set(lambda w: 2 * w)(x),
-        np.asarray(patches.at[mask].set(lambda w: 2 * w)(x)),
-    )
     sums = es.kmap(lambda w: jnp.sum(w), kernel_size=3, padding="same")
-    _check(
-        sums.at[jnp.asarray(mask)].set(lambda w: jnp.max(w))(x),
-        np.asarray(sums.at[mask].set(lambda w: jnp.max(w))(x)),
+
+    def run(m):  # the traced mask and the static one, in one program
+        return (
+            patches.at[m].set(lambda w: 2 * w)(x),
+            patches.at[mask].set(lambda w: 2 * w)(x),
+            sums.at[m].set(lambda w: jnp.max(w))(x),
+            sums.at[mask].set(lambda w: jnp.max(w))(x),
+        )
+
+    data_patches, static_patches, data_sums, static_sums = jax.jit(run)(
+        jnp.asarray(mask)
     )
+    _check(data_patches, np.asarray(static_patches))
+    _check(data_sums, np.asarray(static_sums))
