@@ -10,6 +10,7 @@ default function is a `ValueError` naming it.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import equinox as eqx
@@ -138,17 +139,30 @@ def test_decorator_default_with_regions():
 # --------------------------------------------------------------------------
 # Index forms, deterministic: rank 1 and 2, several geometries.
 
+
+def _index_id(index):
+    if isinstance(index, np.ndarray):
+        return "mask" + "".join("1" if v else "0" for v in index.ravel()[:12])
+    return repr(index)
+
+
+def _breadth(index):
+    """An index form whose rule a fast case of the same list checks: only in
+    tests_thorough (test_random_region_tables draws more of each kind)."""
+    return pytest.param(index, marks=pytest.mark.thorough, id=_index_id(index))
+
+
 INDICES_1D = [
-    3,
+    _breadth(3),  # ints: -1 and -10 (the first input entry)
     -1,
     -10,
-    slice(2, None),
-    slice(None, -3),
+    _breadth(slice(2, None)),  # open slices: slice(-100, 100, 4)
+    _breadth(slice(None, -3)),
     slice(1, 8, 3),
     slice(-2, 1, -2),
-    slice(8, -20, -3),
+    _breadth(slice(8, -20, -3)),  # negative steps: slice(-2, 1, -2)
     slice(5, 2),  # empty
-    (Ellipsis,),
+    _breadth((Ellipsis,)),  # Ellipsis: test_index_forms_2d's
     (slice(-100, 100, 4),),
     np.array([1, 0, 0, 1, 1, 0, 1, 0, 0, 1], dtype=bool),
 ]
@@ -167,6 +181,12 @@ INDICES_2D = [
     np.eye(5, 6, k=1, dtype=bool),
     np.arange(30).reshape(5, 6) % 4 == 1,
 ]
+# test_index_forms_2d's fast cases; the others are breadth (tests_thorough):
+# ints (1, 2) and (-1, -1) of -1 and (-2, ..., ::3), interior slices
+# (1:-1, 1:-1) of (::2, ::-2), (0, ...) and (4:0:-3, ...) of
+# (..., -2:) and (-2, ..., ::3), a second mask of the first. All twelve run
+# in the fast test_same_stride_one_index_is_output_index too.
+FAST_2D = (0, 4, 5, 8, 9, 10)
 
 GEOMETRIES_1D = [
     dict(kernel_size=3, padding="same"),
@@ -181,12 +201,6 @@ GEOMETRIES_2D = [
     dict(kernel_size=(3, 2), strides=(2, 1), padding=("valid", 1), boundary="edge"),
     dict(kernel_size=(2, 3), dilation=(2, 1), padding=((0, 3), "same"), cval=2.5),
 ]
-
-
-def _index_id(index):
-    if isinstance(index, np.ndarray):
-        return "mask" + "".join("1" if v else "0" for v in index.ravel()[:12])
-    return repr(index)
 
 
 def _tap_func(scale, offset, tap):
@@ -232,7 +246,14 @@ def test_index_forms_1d(index):
     _index_cases(x, GEOMETRIES_1D, index)
 
 
-@pytest.mark.parametrize("index", INDICES_2D, ids=_index_id)
+@pytest.mark.parametrize(
+    "index",
+    [
+        index if number in FAST_2D else _breadth(index)
+        for number, index in enumerate(INDICES_2D)
+    ],
+    ids=_index_id,
+)
 def test_index_forms_2d(index):
     x = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)
     _index_cases(x, GEOMETRIES_2D, index)
@@ -574,6 +595,15 @@ def _mixed_reference(x):
     )
 
 
+@functools.cache
+def _mixed_grad():
+    """`jax.jit(jax.grad(...))` of the mixed stencil's squared sum, compiled
+    once for test_jit_then_grad and test_filter_jit_with_stencil_as_argument
+    (its gradient program is the slowest to compile here)."""
+    stencil = _mixed_stencil()
+    return jax.jit(jax.grad(lambda u: jnp.sum(stencil(u) ** 2)))
+
+
 def test_call_twice_and_trace_twice():
     line = es.kmap(kernel_size=3, padding="same", relative=True)
     line = line.at[::2].set(lambda w: w[-1] * w[1]).at[1::2].set(lambda w: w[0] + 1)
@@ -597,7 +627,7 @@ def test_jit_then_grad():
     jitted = jax.jit(stencil)
     _check(jitted(x), _mixed_reference(np.asarray(x)))  # compile the forward first
     grad_outer = jax.grad(lambda u: jnp.sum(jitted(u) ** 2))(x)
-    grad_inner = jax.jit(jax.grad(lambda u: jnp.sum(stencil(u) ** 2)))(x)
+    grad_inner = _mixed_grad()(x)  # another stencil of the same table
     _check(grad_outer, np.asarray(grad_inner))
     # against central differences of the reference, in float64
     u0 = np.asarray(x, np.float64)
@@ -630,7 +660,7 @@ def test_filter_jit_with_stencil_as_argument():
     )
     _check(apply(mixed, jnp.asarray(x)), _mixed_reference(x))
     grad = eqx.filter_jit(eqx.filter_grad(lambda u, s: jnp.sum(s(u) ** 2)))
-    want = jax.jit(jax.grad(lambda u: jnp.sum(mixed(u) ** 2)))(jnp.asarray(x))
+    want = _mixed_grad()(jnp.asarray(x))
     _check(grad(jnp.asarray(x), mixed), np.asarray(want))
 
 
@@ -707,14 +737,27 @@ def test_heat_gradients_match_hand_written():
     _check(got[1], np.asarray(want[1]), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("wrt", ["u", "alpha"])
-def test_heat_check_grads(wrt):
+@pytest.mark.parametrize(
+    "wrt, steps",
+    [
+        # second order through one step of the region stencil: the loop is
+        # linear plumbing, checked at first order against the hand-written
+        # solver by test_heat_gradients_match_hand_written
+        ("u", 1),
+        # breadth (tests_thorough): three steps of the loop at second order;
+        # alpha at first order (the fast test_heat_gradients_match_hand_written
+        # checks the gradient with respect to alpha)
+        pytest.param("u", 3, marks=pytest.mark.thorough),
+        pytest.param("alpha", 3, marks=pytest.mark.thorough),
+    ],
+)
+def test_heat_check_grads(wrt, steps):
     heat = _heat_stencil()
     with jax.enable_x64(True):
         u = jnp.asarray(np.random.default_rng(11).random((6, 7)))
         alpha = jnp.asarray(0.2)
         assert u.dtype == jnp.float64
-        solve = jax.jit(_solve(heat, 3))
+        solve = jax.jit(_solve(heat, steps))
         if wrt == "u":
             check_grads(lambda v: solve(v, alpha), (u,), order=2, modes=["fwd", "rev"])
         else:
