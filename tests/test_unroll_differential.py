@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from jax import lax
-from jax.test_util import check_grads
+from jax.test_util import check_vjp
 from reference import reference_kmap
 
 import eqx_stencil as es
@@ -221,57 +221,94 @@ def window_functions(draw, smooth: bool = False) -> Op:
     )
 
 
-def run(func: Callable, x: jax.Array, k: jax.Array, lowering: str):
-    """Value and gradients (w.r.t. `x` and `k`) of a stencil of `func` under
-    one window lowering; asserts that it is the lowering that ran."""
-    applied: list[bool] = []
-    with pytest.MonkeyPatch.context() as patch:
-        if lowering == "vmap":
-            patch.setattr(_lower, "MAX_UNROLLED_TAPS", -1)
-        unroll = _lower.unroll
+LOWERINGS = ("unrolled", "vmap")
+# The unrolled lowering writes every operation once per tap and per box, so a
+# program's size (its compile time) grows with the boxes. The fast suite's
+# geometry pads one side: an interior box and one boundary strip (windows
+# reading padding, the input's cotangent added into the interior's), each
+# running the lowering. "same" (an interior and four strips: 2.5 times the
+# program) adds more of the same boxes: `--thorough` only.
+STRIP = ((1, 0), (0, 0))
+PADDINGS = [
+    pytest.param(STRIP, id="strip"),
+    pytest.param("same", id="same", marks=pytest.mark.thorough),
+]
+# The random functions: in the fast suite on the interior box alone (every
+# operation's plane rules; the deterministic tests below run the strip too),
+# under `--thorough` on all five boxes of "same".
+FUNCTION_PADDINGS = [
+    pytest.param(0, id="interior"),
+    pytest.param("same", id="same", marks=pytest.mark.thorough),
+]
 
-        def spy(*args, **kwargs):
-            out = unroll(*args, **kwargs)
-            applied.append(out is not None)
-            return out
 
-        patch.setattr(_lower, "unroll", spy)
-        # A fresh function each time: nothing traced under one lowering is
-        # reused under the other.
-        stencil = es.kmap(lambda w, k: func(w, k), kernel_size=k.shape, padding="same")
+def run(func: Callable, x: jax.Array, k: jax.Array, padding: Any = STRIP) -> dict:
+    """`lowering -> (value, gradients)`: the value of a stencil of `func` and
+    the gradients of its summed output (w.r.t. `x` and `k`) under each window
+    lowering; asserts that it is the lowering that ran. Both lowerings are
+    traced into one compiled program (one compile per call, not four)."""
+    applied: dict[str, list[bool]] = {lowering: [] for lowering in LOWERINGS}
 
-        def total(x, k):
-            return jnp.sum(stencil(x, k).astype(jnp.float32))
+    def under(lowering: str, x: jax.Array, k: jax.Array) -> tuple:
+        with pytest.MonkeyPatch.context() as patch:
+            if lowering == "vmap":
+                patch.setattr(_lower, "MAX_UNROLLED_TAPS", -1)
+            unroll = _lower.unroll
 
-        value = jax.jit(stencil)(x, k)
-        grads = jax.jit(jax.grad(total, argnums=(0, 1)))(x, k)
+            def spy(*args, **kwargs):
+                out = unroll(*args, **kwargs)
+                applied[lowering].append(out is not None)
+                return out
+
+            patch.setattr(_lower, "unroll", spy)
+            # A fresh function each time: nothing traced under one lowering is
+            # reused under the other.
+            stencil = es.kmap(
+                lambda w, k: func(w, k), kernel_size=k.shape, padding=padding
+            )
+
+            def total(x, k):
+                value = stencil(x, k)
+                return jnp.sum(value.astype(jnp.float32)), value
+
+            (_, value), grads = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
+                x, k
+            )
+        return value, grads
+
+    out = jax.jit(
+        lambda x, k: {lowering: under(lowering, x, k) for lowering in LOWERINGS}
+    )(x, k)
     # The stencil's boxes (interior, boundary strips) each ran the lowering.
-    assert all(applied) and bool(applied) == (lowering == "unrolled"), applied
-    return value, grads
+    for lowering, ran in applied.items():
+        assert all(ran) and bool(ran) == (lowering == "unrolled"), (lowering, ran)
+    return out
 
 
 def _inputs(
     seed: int, shape: tuple[int, ...], kernel: tuple[int, ...], zeros: bool = True
 ):
-    kx, kk = jax.random.split(jax.random.PRNGKey(seed))
-    x = jax.random.normal(kx, shape)
+    # NumPy: eager `jax.random` compiled a few small programs per example.
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=shape)
     if zeros:  # ties, kinks and the special points of custom rules
-        x = jnp.where(jax.random.bernoulli(kx, 0.2, shape), 0.0, x)
-    return x, jax.random.normal(kk, kernel)
+        x = np.where(rng.random(shape) < 0.2, 0.0, x)
+    k = rng.normal(size=kernel)
+    return jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)
 
 
+@pytest.mark.parametrize("padding", FUNCTION_PADDINGS)
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(
     fn=window_functions(),
     kernel=st.sampled_from([(3, 3), (2, 3)]),
     seed=st.integers(0, 2**16),
 )
-def test_unrolled_matches_vmap_and_numpy(fn, kernel, seed):
+def test_unrolled_matches_vmap_and_numpy(padding, fn, kernel, seed):
     x, k = _inputs(seed, (5, 6), kernel)
-    value, grads = run(fn.jax_fn, x, k, "unrolled")
-    ref_value, ref_grads = run(fn.jax_fn, x, k, "vmap")
+    (value, grads), (ref_value, ref_grads) = run(fn.jax_fn, x, k, padding).values()
     expected = reference_kmap(
-        lambda p: fn.np_fn(p, np.asarray(k)), np.asarray(x), kernel, padding="same"
+        lambda p: fn.np_fn(p, np.asarray(k)), np.asarray(x), kernel, padding=padding
     )
     assert value.dtype == ref_value.dtype, fn.text
     np.testing.assert_allclose(value, ref_value, rtol=1e-4, atol=1e-4, err_msg=fn.text)
@@ -282,14 +319,14 @@ def test_unrolled_matches_vmap_and_numpy(fn, kernel, seed):
         )
 
 
+@pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("case", DTYPE_CASES, ids=lambda case: case.text)
-def test_dtypes_and_accumulation_match(case):
+def test_dtypes_and_accumulation_match(case, padding):
     x, k = _inputs(0, (6, 7), (3, 3))
     x, k = 2 * x, 2 * k  # int8 products overflow int8, their sums do too
-    value, grads = run(case.jax_fn, x, k, "unrolled")
-    ref_value, ref_grads = run(case.jax_fn, x, k, "vmap")
+    (value, grads), (ref_value, ref_grads) = run(case.jax_fn, x, k, padding).values()
     expected = reference_kmap(
-        lambda p: case.np_fn(p, np.asarray(k)), np.asarray(x), (3, 3), padding="same"
+        lambda p: case.np_fn(p, np.asarray(k)), np.asarray(x), (3, 3), padding=padding
     )
     assert value.dtype == ref_value.dtype == expected.dtype
     if jnp.issubdtype(value.dtype, jnp.integer):
@@ -312,10 +349,10 @@ def test_dtypes_and_accumulation_match(case):
     ],
     ids=["safe_norm", "relu"],
 )
-def test_custom_rules_are_kept_at_their_special_points(func, rule):
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_custom_rules_are_kept_at_their_special_points(func, rule, padding):
     x, k = jnp.zeros((5, 6)), jnp.ones((3, 3))
-    for lowering in ("unrolled", "vmap"):
-        _, (grad_x, grad_k) = run(func, x, k, lowering)
+    for _, (grad_x, grad_k) in run(func, x, k, padding).values():
         np.testing.assert_array_equal(grad_x, rule)
         np.testing.assert_array_equal(grad_k, rule)
 
@@ -325,11 +362,22 @@ def test_custom_rules_are_kept_at_their_special_points(func, rule):
 def test_unrolled_gradients_match_finite_differences(fn, seed):
     x, k = _inputs(seed, (5, 6), (3, 3), zeros=False)
     stencil = es.kmap(fn.jax_fn, kernel_size=3)
-    check_grads(
-        jax.jit(lambda x, k: jnp.sum(stencil(x, k))),
+
+    @jax.jit
+    def both(x, k, cotangent):
+        value, pullback = jax.vjp(lambda x, k: jnp.sum(stencil(x, k)), x, k)
+        return value, pullback(cotangent)
+
+    # `check_grads(total, (x, k), order=1, modes=["rev"])` checks exactly this,
+    # with three compiles (`total`; `jax.vjp(total)`: linearize, transpose)
+    # where this one program gives the value and the cotangents.
+    def total(x, k):
+        return both(x, k, jnp.float32(1))[0]
+
+    check_vjp(
+        total,
+        lambda x, k: (total(x, k), lambda cotangent: both(x, k, cotangent)[1]),
         (x, k),
-        order=1,
-        modes=["rev"],
         atol=5e-2,
         rtol=5e-2,
         eps=1e-2,
@@ -361,7 +409,8 @@ def _debug(w: Any, k: Any) -> jax.Array:
     ],
     ids=["effect", "sort", "bf16_accumulation", "dot_algorithm", "f16_sum"],
 )
-def test_functions_without_exact_rules_fall_back_to_vmap(func, monkeypatch):
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_functions_without_exact_rules_fall_back_to_vmap(func, padding, monkeypatch):
     x, k = _inputs(1, (5, 6), (3, 3))
     applied: list[bool] = []
     unroll = _lower.unroll
@@ -372,8 +421,8 @@ def test_functions_without_exact_rules_fall_back_to_vmap(func, monkeypatch):
         return out
 
     monkeypatch.setattr(_lower, "unroll", spy)
-    out = es.kmap(func, kernel_size=3, padding="same")(x, k)
+    out = es.kmap(func, kernel_size=3, padding=padding)(x, k)
     assert applied and not any(applied)
     monkeypatch.setattr(_lower, "MAX_UNROLLED_TAPS", -1)
-    expected = es.kmap(lambda w, k: func(w, k), kernel_size=3, padding="same")(x, k)
+    expected = es.kmap(lambda w, k: func(w, k), kernel_size=3, padding=padding)(x, k)
     np.testing.assert_array_equal(out, expected)
