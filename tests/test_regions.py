@@ -596,6 +596,13 @@ def _mixed_reference(x):
 
 
 @functools.cache
+def _mixed_jit():
+    """`jax.jit` of a mixed stencil, compiled once for
+    test_call_twice_and_trace_twice and test_jit_then_grad."""
+    return jax.jit(_mixed_stencil())
+
+
+@functools.cache
 def _mixed_grad():
     """`jax.jit(jax.grad(...))` of the mixed stencil's squared sum, compiled
     once for test_jit_then_grad and test_filter_jit_with_stencil_as_argument
@@ -614,7 +621,7 @@ def test_call_twice_and_trace_twice():
     x = np.random.default_rng(5).normal(size=(6, 7)).astype(np.float32)
     stencil = _mixed_stencil()
     expected = _mixed_reference(x)
-    first = jax.jit(lambda u: stencil(u))
+    first = _mixed_jit()
     second = jax.jit(lambda u: stencil(u) * 1.0)
     _check(first(jnp.asarray(x)), expected)
     _check(second(jnp.asarray(x)), expected)
@@ -623,8 +630,7 @@ def test_call_twice_and_trace_twice():
 
 def test_jit_then_grad():
     x = jnp.asarray(np.random.default_rng(6).normal(size=(6, 7)).astype(np.float32))
-    stencil = _mixed_stencil()
-    jitted = jax.jit(stencil)
+    jitted = _mixed_jit()
     _check(jitted(x), _mixed_reference(np.asarray(x)))  # compile the forward first
     grad_outer = jax.grad(lambda u: jnp.sum(jitted(u) ** 2))(x)
     grad_inner = _mixed_grad()(x)  # another stencil of the same table
