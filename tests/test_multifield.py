@@ -113,12 +113,15 @@ def random_fields(shape, seed):
 @given(config=field_configs(), seed=st.integers(0, 2**16))
 def test_multifield_kmap_matches_reference(config, seed):
     fields = random_fields(config["shape"], seed)
-    for func in (
+    funcs = (
         mixing_function(config["taps"], config["weights"]),
         whole_window_function,
         sorting_function,
-    ):
-        actual = jax.jit(es.kmap(func, **config["geometry"]))(fields)
+    )
+    # One compiled program for the three stencils (each its own lowering).
+    stencils = [es.kmap(func, **config["geometry"]) for func in funcs]
+    outputs = jax.jit(lambda fields: [stencil(fields) for stencil in stencils])(fields)
+    for func, actual in zip(funcs, outputs):
         expected = reference_fields(func, fields, **config["geometry"])
         assert jtu.tree_structure(actual) == jtu.tree_structure(expected)
         for got, want in zip(jtu.tree_leaves(actual), jtu.tree_leaves(expected)):
@@ -246,13 +249,13 @@ def test_multifield_kscan_matches_sequential_reference(reads):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_multifield_gradients():
+def _gradients_case(padding):
     rng = np.random.default_rng(1)
     u, v = (jnp.asarray(rng.normal(size=(4, 5))) for _ in range(2))
     F = es.kmap(
         lambda w, c: (w[0][1, 0] * w[1][0, 1], c * jnp.sin(w[1][0, 0])),
         kernel_size=(3, 3),
-        padding="same",
+        padding=padding,
         relative=True,
         boundary="reflect",
     )
@@ -261,16 +264,39 @@ def test_multifield_gradients():
         a, b = F((u, v), c)
         return jnp.sum(a**2) + jnp.sum(b)
 
-    # float32 second differences: a step of 1e-3 keeps rounding (~1e-7 / eps)
-    # well inside the tolerance, whatever order XLA sums in.
-    check_grads(loss, (u, v, 1.5), order=2, modes=("fwd", "rev"), eps=1e-3)
+    return loss, (u, v, 1.5)
+
+
+def test_multifield_gradients():
+    # First order (forward and reverse; both fields and the argument `c`) with
+    # reflected strips on one side of each dim: an interior and two strips.
+    # `test_multifield_second_order_gradients` (--thorough) checks both orders
+    # with "same" (strips on both sides: five boxes).
+    loss, args = _gradients_case(((1, 0), (0, 1)))
+    check_grads(loss, args, order=1, modes=("fwd", "rev"), eps=1e-3)
     S = es.kscan(
         lambda w: (w[0][0] + w[1][-1], w[1][0] * w[0][-1]),
         kernel_size=3,
         padding=1,
         relative=True,
     )
+    u, v, _ = args
     check_grads(lambda u, v: S((u, v))[1], (u[0], v[0]), order=1, modes=("fwd", "rev"))
+
+
+@pytest.mark.thorough
+def test_multifield_second_order_gradients():
+    # Breadth: the fast suite checks first derivatives of a pytree of fields
+    # (`test_multifield_gradients`; gathering the fields' windows and
+    # assembling the tiles are linear, their second derivatives are their
+    # first ones') and second derivatives of window functions
+    # (tests/test_transforms.py::test_check_grads_second_order_shift_lowering,
+    # test_check_grads_wrt_weights). This check compiles a dozen programs
+    # (20 to 35 s on two cores).
+    loss, args = _gradients_case("same")
+    # float32 second differences: a step of 1e-3 keeps rounding (~1e-7 / eps)
+    # well inside the tolerance, whatever order XLA sums in.
+    check_grads(loss, args, order=2, modes=("fwd", "rev"), eps=1e-3)
 
 
 def test_multifield_vmap_and_filter_jit():
