@@ -94,13 +94,16 @@ def test_conv2d_matches_lax_conv():
             dimension_numbers=("NCHW", "OIHW", "NCHW"),
         )[0]
 
-    kx, kw = jax.random.split(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
     C, H, W = 3, 9, 8
-    x = jax.random.normal(kx, (C, H, W))
-    w = jax.random.normal(kw, (C, 3, 3))
-    out = kernex_conv2d(x, w)
+    x = rng.normal(size=(C, H, W)).astype(np.float32)
+    w = rng.normal(size=(C, 3, 3)).astype(np.float32)
+    # Both in one program (one compile): the jitted functions inline.
+    out, expected = jax.jit(
+        lambda x, w: (kernex_conv2d(x, w), jax_conv2d(x[None], w[None]))
+    )(x, w)
     assert out.shape == (1, H, W)
-    np.testing.assert_allclose(out, jax_conv2d(x[None], w[None]), atol=1e-4)
+    np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
 class MaxPool2D(eqx.Module):
@@ -135,11 +138,17 @@ def test_maxpool2d():
 
 def test_maxpool2d_matches_reduce_window():
     layer = MaxPool2D(kernel_size=(3, 2), strides=(2, 1), padding="valid")
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 7, 6))
-    expected = lax.reduce_window(
-        x, -jnp.inf, lax.max, (1, 1, 3, 2), (1, 1, 2, 1), "VALID"
-    )
-    np.testing.assert_array_equal(jax.jit(layer)(x), expected)
+    x = np.random.default_rng(1).normal(size=(2, 3, 7, 6)).astype(np.float32)
+
+    @jax.jit
+    def both(x):
+        expected = lax.reduce_window(
+            x, -jnp.inf, lax.max, (1, 1, 3, 2), (1, 1, 2, 1), "VALID"
+        )
+        return layer(x), expected
+
+    out, expected = both(x)
+    np.testing.assert_array_equal(out, expected)
 
 
 class AverageBlurLayer(eqx.Module):
@@ -235,16 +244,27 @@ class Conv2D(eqx.Module):
 
 
 def test_conv2d_layer_matches_lax_conv():
-    kx, kw = jax.random.split(jax.random.PRNGKey(2))
-    layer = Conv2D(in_channels=2, out_channels=3, kernel_size=(3, 3), key=kw)
-    x = jax.random.normal(kx, (2, 2, 6, 7))
-    expected = (
-        lax.conv_general_dilated(
-            x, layer.weight, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW")
-        )
-        + layer.bias
+    layer = Conv2D(
+        in_channels=2, out_channels=3, kernel_size=(3, 3), key=jax.random.key(2)
     )
-    np.testing.assert_allclose(eqx.filter_jit(layer)(x), expected, atol=1e-4)
+    x = np.random.default_rng(2).normal(size=(2, 2, 6, 7)).astype(np.float32)
+
+    @eqx.filter_jit
+    def both(layer, x):  # one program: one compile
+        expected = (
+            lax.conv_general_dilated(
+                x,
+                layer.weight,
+                (1, 1),
+                "SAME",
+                dimension_numbers=("NCHW", "OIHW", "NCHW"),
+            )
+            + layer.bias
+        )
+        return layer(x), expected
+
+    out, expected = both(layer, x)
+    np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
 def test_get_patches_1d_matches_lax_patches():
@@ -257,11 +277,12 @@ def test_get_patches_1d_matches_lax_patches():
     def jax_get_patches(x):
         return lax.conv_general_dilated_patches(x, (3,), (1,), padding="same")
 
-    n = 1000
-    x = jax.random.normal(jax.random.PRNGKey(3), (n,))
-    np.testing.assert_allclose(
-        get_patches(x), jax_get_patches(x[None, None]).reshape(-1, n).T
+    n = 40
+    x = np.random.default_rng(3).normal(size=(n,)).astype(np.float32)
+    out, patches = jax.jit(lambda x: (get_patches(x), jax_get_patches(x[None, None])))(
+        x
     )
+    np.testing.assert_allclose(out, patches.reshape(-1, n).T)
 
 
 def test_readme_treeclass_blocks_run_with_only_the_import_changed():
