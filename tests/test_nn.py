@@ -21,7 +21,9 @@ TOL = dict(rtol=2e-5, atol=2e-5)
 
 
 def _normal(shape, seed=0):
-    return jax.random.normal(jax.random.PRNGKey(seed), shape)
+    """Standard normal float32 input drawn with NumPy (an eager `jax.random`
+    draw compiles a program per new shape)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 def _copy_params(ours, theirs):
@@ -35,6 +37,12 @@ def _copy_params(ours, theirs):
 def _apply(layer, x):
     """`layer(x)`, compiled (much faster on CPU than eager evaluation)."""
     return layer(x)
+
+
+@eqx.filter_jit
+def _apply_all(layers, x):
+    """`[layer(x) for layer in layers]` as one compiled program."""
+    return [layer(x) for layer in layers]
 
 
 def _close(actual, expected, **tol):
@@ -103,31 +111,51 @@ def _uninitialised(cls, *args, **kwargs):
     return eqx.filter_eval_shape(cls, *args, key=jax.random.PRNGKey(0), **kwargs)
 
 
+def _with_params(module, seed=0, lim=1.0):
+    """`module` (from `_uninitialised`) with its weight and bias drawn uniformly
+    in [-lim, lim) by NumPy (real and imaginary parts for complex dtypes)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(leaf):
+        values = rng.uniform(-lim, lim, leaf.shape)
+        if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+            values = values + 1j * rng.uniform(-lim, lim, leaf.shape)
+        return jnp.asarray(values, leaf.dtype)
+
+    fields = [f for f in ("weight", "bias") if getattr(module, f, None) is not None]
+    arrays = [draw(getattr(module, f)) for f in fields]
+    return eqx.tree_at(lambda m: [getattr(m, f) for f in fields], module, arrays)
+
+
+def _conv_pair(n, c_in, c_out, seed=0, lim=1.0, **kwargs):
+    """(ours, theirs): `enn.Conv` and `eqx.nn.Conv` with the same NumPy weights."""
+    theirs = _with_params(
+        _uninitialised(eqx.nn.Conv, n, c_in, c_out, **kwargs), seed, lim
+    )
+    return _copy_params(
+        _uninitialised(enn.Conv, n, c_in, c_out, **kwargs), theirs
+    ), theirs
+
+
 @settings(max_examples=40, deadline=None)
 @given(conv_configs())
 def test_conv_equals_eqx_conv(config):
     n, c_in, c_out, kwargs, shape, seed = config
-    rng = np.random.default_rng(seed)
-    theirs = _uninitialised(eqx.nn.Conv, n, c_in, c_out, **kwargs)
-    arrays = [
-        jnp.asarray(rng.uniform(-1, 1, leaf.shape), leaf.dtype)
-        for leaf in (theirs.weight, theirs.bias)
-        if leaf is not None
-    ]
-    theirs = eqx.tree_at(
-        lambda m: [a for a in (m.weight, m.bias) if a is not None], theirs, arrays
-    )
-    ours = _copy_params(_uninitialised(enn.Conv, n, c_in, c_out, **kwargs), theirs)
+    ours, theirs = _conv_pair(n, c_in, c_out, seed, **kwargs)
     x = _normal(shape, seed)
-    _close(_apply(ours, x), _apply(theirs, x))
+    _close(*_apply_all((ours, theirs), x))
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_conv_same_fields_shapes_and_initialisation(n):
-    key = jax.random.PRNGKey(3)
     kwargs = dict(kernel_size=3, stride=2, padding="same", groups=2, dtype=jnp.float32)
-    ours = getattr(enn, f"Conv{n}d")(4, 6, key=key, **kwargs)
-    theirs = getattr(eqx.nn, f"Conv{n}d")(4, 6, key=key, **kwargs)
+
+    @eqx.filter_jit  # both initialisations in one program
+    def build(key):
+        ours = getattr(enn, f"Conv{n}d")(4, 6, key=key, **kwargs)
+        return ours, getattr(eqx.nn, f"Conv{n}d")(4, 6, key=key, **kwargs)
+
+    ours, theirs = build(jax.random.PRNGKey(3))
     assert isinstance(ours, enn.Conv)
     for field in vars(theirs):
         assert np.shape(getattr(ours, field)) == np.shape(getattr(theirs, field))
@@ -143,29 +171,35 @@ def test_conv_same_fields_shapes_and_initialisation(n):
 
 def test_conv_large_kernel_and_channels():
     """A realistic layer: 5x5, 16 -> 32 channels, stride 2, 'SAME'."""
-    key = jax.random.PRNGKey(0)
-    theirs = eqx.nn.Conv2d(16, 32, 5, stride=2, padding="SAME", key=key)
-    ours = enn.Conv2d(16, 32, 5, stride=2, padding="SAME", key=key)
+    ours, theirs = _conv_pair(
+        2, 16, 32, lim=0.05, kernel_size=5, stride=2, padding="SAME"
+    )
     x = _normal((16, 33, 30))
-    _close(_apply(ours, x), _apply(theirs, x), rtol=1e-4, atol=1e-4)
+    _close(*_apply_all((ours, theirs), x), rtol=1e-4, atol=1e-4)
 
 
 def test_conv_depthwise():
-    key = jax.random.PRNGKey(0)
     kwargs = dict(kernel_size=3, padding=1, groups=8, padding_mode="CIRCULAR")
-    theirs = eqx.nn.Conv2d(8, 16, key=key, **kwargs)
-    ours = enn.Conv2d(8, 16, key=key, **kwargs)
+    ours, theirs = _conv_pair(2, 8, 16, **kwargs)
     x = _normal((8, 10, 12))
-    _close(_apply(ours, x), _apply(theirs, x))
+    _close(*_apply_all((ours, theirs), x))
 
 
 def test_conv_complex():
-    key = jax.random.PRNGKey(0)
     kwargs = dict(kernel_size=3, padding="same", dtype=jnp.complex64)
-    theirs = eqx.nn.Conv2d(2, 3, key=key, **kwargs)
-    ours = enn.Conv2d(2, 3, key=key, **kwargs)
+
+    @eqx.filter_jit  # both complex initialisations in one program
+    def build(key):
+        return enn.Conv2d(2, 3, key=key, **kwargs), eqx.nn.Conv2d(
+            2, 3, key=key, **kwargs
+        )
+
+    ours, theirs = build(jax.random.PRNGKey(0))
+    assert ours.weight.dtype == jnp.complex64
+    _close(ours.weight, theirs.weight, rtol=0, atol=0)  # the same initialisation
+    _close(ours.bias, theirs.bias, rtol=0, atol=0)
     x = (_normal((2, 6, 7)) + 1j * _normal((2, 6, 7), seed=1)).astype(jnp.complex64)
-    _close(_apply(ours, x), _apply(theirs, x))
+    _close(*_apply_all((ours, theirs), x))
 
 
 @pytest.mark.parametrize(
@@ -176,7 +210,7 @@ def test_few_channels_lower_to_one_convolution_unless_grouped(groups, convolutio
     one convolution (its gradient compiles as fast as `eqx.nn.Conv`'s); a
     grouped one keeps the slices (XLA gathers a batch-sharded grouped
     convolution)."""
-    layer = enn.Conv2d(2, 2, 3, padding=1, groups=groups, key=jax.random.PRNGKey(0))
+    layer = _with_params(_uninitialised(enn.Conv2d, 2, 2, 3, padding=1, groups=groups))
     params, static = eqx.partition(layer, eqx.is_array)
 
     def loss(params, x):
@@ -189,13 +223,11 @@ def test_few_channels_lower_to_one_convolution_unless_grouped(groups, convolutio
 
 def test_conv_wrong_weights_disagree():
     """The comparison can fail: a perturbed weight is caught."""
-    key = jax.random.PRNGKey(0)
-    theirs = eqx.nn.Conv2d(2, 3, 3, key=key)
-    ours = enn.Conv2d(2, 3, 3, key=key)
+    ours, theirs = _conv_pair(2, 2, 3, kernel_size=3)
+    _close(*_apply_all((ours, theirs), _normal((2, 6, 6))))  # equal unperturbed
     ours = eqx.tree_at(lambda m: m.weight, ours, ours.weight.at[1, 0, 2, 1].add(0.1))
-    x = _normal((2, 6, 6))
     with pytest.raises(AssertionError):
-        _close(ours(x), theirs(x))
+        _close(*_apply_all((ours, theirs), _normal((2, 6, 6))))
 
 
 # --------------------------------------------------------------------------
@@ -232,14 +264,15 @@ def test_pool_equals_eqx_pool(config, kind):
     generic = getattr(enn, f"{kind}Pool")(n, **kwargs)
     x = _normal(shape, seed)
     try:
-        expected = theirs(x)
+        eqx.filter_eval_shape(theirs, x)  # traces eqx.nn's checks, compiles nothing
     except RuntimeError as error:  # use_ceil made the padding exceed the kernel
         assert "Paddings should be less than the size of the kernel" in str(error)
         with pytest.raises(ValueError, match=r"use_ceil=True[\s\S]*kernel_size"):
             ours(x)
         return
-    _close(_apply(ours, x), expected)
-    _close(_apply(generic, x), expected)
+    out, out_generic, expected = _apply_all((ours, generic, theirs), x)
+    _close(out, expected)
+    _close(out_generic, expected)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -248,17 +281,28 @@ def test_max_pool_grads_at_ties_equal_eqx(n):
     kwargs = dict(kernel_size=3, stride=2, padding=1)
     ours = getattr(enn, f"MaxPool{n}d")(**kwargs)
     theirs = getattr(eqx.nn, f"MaxPool{n}d")(**kwargs)
-    x = jax.random.bernoulli(jax.random.PRNGKey(n), 0.5, (2,) + (6,) * n) * 1.0
-    weights = _normal(jax.eval_shape(theirs, x).shape)
-    grad = eqx.filter_jit(jax.grad(lambda x, pool: jnp.sum(weights * pool(x))))
-    _close(grad(x, ours), grad(x, theirs), rtol=0, atol=0)
+    rng = np.random.default_rng(n)
+    x = jnp.asarray(rng.integers(0, 2, (2,) + (6,) * n), jnp.float32)  # many ties
+    # integer weights: the gradient sums are exact, whatever their order
+    weights = rng.integers(1, 10, jax.eval_shape(theirs, x).shape)
+    weights = jnp.asarray(weights, jnp.float32)
+
+    @eqx.filter_jit  # both gradients in one program
+    def grads(x, pools):
+        grad = jax.grad(lambda x, pool: jnp.sum(weights * pool(x)))
+        return [grad(x, pool) for pool in pools]
+
+    _close(*grads(x, (ours, theirs)), rtol=0, atol=0)
 
 
 def test_max_pool_integer_input():
     x = jnp.arange(-20, 16, dtype=jnp.int32).reshape(1, 6, 6)
-    out = enn.MaxPool2d(3, stride=2, padding=1)(x)
+    ours = enn.MaxPool2d(3, stride=2, padding=1)
+    theirs = eqx.nn.MaxPool2d(3, stride=2, padding=1)
+    out, expected = eqx.filter_jit(lambda x: (ours(x), theirs(x.astype(jnp.float32))))(
+        x
+    )
     assert out.dtype == jnp.int32
-    expected = eqx.nn.MaxPool2d(3, stride=2, padding=1)(x.astype(jnp.float32))
     _close(out, expected)
 
 
@@ -298,14 +342,15 @@ def test_average_blur_equals_numpy_loops(kernel, shape, mode):
 
 def test_average_blur_equals_depthwise_conv_and_takes_images():
     blur = enn.AverageBlur(in_channels=4, kernel_size=(7, 7))
-    conv = eqx.nn.Conv2d(
-        4, 4, 7, padding="SAME", groups=4, use_bias=False, key=jax.random.PRNGKey(0)
+    conv = _uninitialised(
+        eqx.nn.Conv2d, 4, 4, 7, padding="SAME", groups=4, use_bias=False
     )
     conv = eqx.tree_at(lambda m: m.weight, conv, jnp.full((4, 1, 7, 7), 1 / 49))
-    x = jax.random.randint(jax.random.PRNGKey(1), (4, 20, 24), 0, 256, jnp.uint8)
-    out = blur(x)  # uint8 images as in kernex's AverageBlurLayer
+    x = jnp.asarray(np.random.default_rng(1).integers(0, 256, (4, 20, 24)), jnp.uint8)
+    # uint8 images as in kernex's AverageBlurLayer
+    out, expected = eqx.filter_jit(lambda x: (blur(x), conv(x.astype(jnp.float32))))(x)
     assert out.dtype == jnp.float32 and out.shape == x.shape
-    _close(out, conv(x.astype(jnp.float32)), rtol=1e-5, atol=1e-3)
+    _close(out, expected, rtol=1e-5, atol=1e-3)
     assert enn.AverageBlur(2, 3).kernel_size == (3, 3)  # an int: 2-D
 
 
@@ -332,7 +377,7 @@ def test_laplacian_5_periodic_anisotropic_equals_rolls():
     expected = (roll(u, 1, 1) - 2 * u + roll(u, -1, 1)) / hx**2 + (
         roll(u, 1, 2) - 2 * u + roll(u, -1, 2)
     ) / hy**2
-    _close(lap(u), expected, rtol=1e-5, atol=1e-4)
+    _close(_apply(lap, u), expected, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -383,8 +428,11 @@ def test_laplacian_is_exact_for_quadratics_inside():
     h = 0.1
     grid = jnp.arange(12) * h
     u = 3 * grid[:, None] ** 2 - grid[None, :] ** 2 + grid[:, None] * grid[None, :]
-    for scheme in ("laplacian_5", "laplacian_9"):
-        out = enn.FiniteDifference(scheme, spacing=h)(u[None])[0, 1:-1, 1:-1]
+    layers = [
+        enn.FiniteDifference(s, spacing=h) for s in ("laplacian_5", "laplacian_9")
+    ]
+    for out in _apply_all(layers, u[None]):
+        out = out[0, 1:-1, 1:-1]
         _close(out, jnp.full_like(out, 4.0), rtol=1e-3, atol=1e-3)
 
 
@@ -393,87 +441,116 @@ def test_finite_difference_taps_are_learnable():
     same taps, and a few descent steps fit a target operator."""
     u = _normal((3, 10, 10))
     layer = enn.FiniteDifference("laplacian_5", padding_mode="replicate")
-    conv = eqx.nn.Conv2d(
-        3, 3, 3, padding=1, groups=3, use_bias=False, padding_mode="REPLICATE",
-        key=jax.random.PRNGKey(0),
+    conv = _uninitialised(
+        eqx.nn.Conv2d, 3, 3, 3, padding=1, groups=3, use_bias=False,
+        padding_mode="REPLICATE",
     )  # fmt: skip
-    target = enn.FiniteDifference("central_2d", axis=1, padding_mode="replicate")(u)
+    target_layer = enn.FiniteDifference("central_2d", axis=1, padding_mode="replicate")
 
-    def loss(layer):
-        return jnp.mean((layer(u) - target) ** 2)
+    @eqx.filter_jit  # gradients, 50 descent steps and losses: one program
+    def run(layer, u):
+        target = target_layer(u)
 
-    def conv_loss(w):
-        conv_w = eqx.tree_at(
-            lambda m: m.weight, conv, jnp.broadcast_to(w, (3, 1, 3, 3))
+        def loss(layer):
+            return jnp.mean((layer(u) - target) ** 2)
+
+        def conv_loss(w):
+            conv_w = eqx.tree_at(
+                lambda m: m.weight, conv, jnp.broadcast_to(w, (3, 1, 3, 3))
+            )
+            return jnp.mean((conv_w(u) - target) ** 2)
+
+        def with_taps(w):
+            return eqx.tree_at(lambda m: m.weight, layer, w)
+
+        def step(_, w):
+            return w - 0.05 * eqx.filter_grad(loss)(with_taps(w)).weight
+
+        grads = eqx.filter_grad(loss)(layer).weight
+        fitted = jax.lax.fori_loop(0, 50, step, layer.weight)
+        return (
+            grads,
+            jax.grad(conv_loss)(layer.weight),
+            loss(layer),
+            loss(with_taps(fitted)),
         )
-        return jnp.mean((conv_w(u) - target) ** 2)
 
-    grads = eqx.filter_grad(loss)(layer)
-    _close(grads.weight, jax.grad(conv_loss)(layer.weight), rtol=1e-4, atol=1e-5)
-
-    @eqx.filter_jit
-    def step(layer):
-        grads = eqx.filter_grad(loss)(layer)
-        return eqx.tree_at(
-            lambda m: m.weight, layer, layer.weight - 0.05 * grads.weight
-        )
-
-    start = loss(layer)
-    for _ in range(50):
-        layer = step(layer)
-    assert loss(layer) < 0.1 * start
+    grads, conv_grads, start, end = run(layer, u)
+    _close(grads, conv_grads, rtol=1e-4, atol=1e-5)
+    assert end < 0.1 * start
 
 
 # --------------------------------------------------------------------------
 # Sequential, vmap, grads.
 
 
-def _pair_of_models(key):
+def _pair_of_models(seed):
     """The same small CNN from eqx.nn and from eqx_stencil.nn, same weights."""
-    k1, k2 = jax.random.split(key)
 
     def build(nn):
         return eqx.nn.Sequential(
             [
-                nn.Conv2d(3, 8, 3, padding="same", key=k1),
+                _uninitialised(nn.Conv2d, 3, 8, 3, padding="same"),
                 eqx.nn.Lambda(jax.nn.relu),
                 nn.MaxPool2d(2, stride=2),
-                nn.Conv2d(8, 4, 3, stride=2, padding=1, padding_mode="REFLECT", key=k2),
+                _uninitialised(
+                    nn.Conv2d, 8, 4, 3, stride=2, padding=1, padding_mode="REFLECT"
+                ),
                 nn.AvgPool2d(2, stride=1, padding=1),
             ]
         )
 
     theirs, ours = build(eqx.nn), build(enn)
     for index in (0, 3):
-        ours = eqx.tree_at(
-            lambda m, i=index: (m.layers[i].weight, m.layers[i].bias),
-            ours,
-            (theirs.layers[index].weight, theirs.layers[index].bias),
+        params = _with_params(theirs.layers[index], seed + index, lim=0.3)
+        ours, theirs = (
+            eqx.tree_at(
+                lambda m, i=index: (m.layers[i].weight, m.layers[i].bias),
+                model,
+                (params.weight, params.bias),
+            )
+            for model in (ours, theirs)
         )
     return ours, theirs
 
 
 def test_sequential_and_vmap_equal_eqx():
-    ours, theirs = _pair_of_models(jax.random.PRNGKey(0))
-    xs = _normal((5, 3, 16, 12))
-    expected = _apply(jax.vmap(theirs), xs)
-    _close(_apply(jax.vmap(ours), xs), expected)
-    _close(_apply(eqx.filter_vmap(ours), xs), expected)
-    _close(_apply(ours, xs[1]), expected[1])
-    # key is accepted and ignored, as in eqx.nn
-    keyed = eqx.filter_jit(lambda model, x: model(x, key=jax.random.PRNGKey(1)))
-    _close(keyed(ours, xs[0]), expected[0])
+    ours, theirs = _pair_of_models(0)
+    xs = _normal((3, 3, 8, 6))
+
+    @eqx.filter_jit  # all five evaluations in one program
+    def run(ours, theirs, xs):
+        return (
+            jax.vmap(theirs)(xs),
+            jax.vmap(ours)(xs),
+            eqx.filter_vmap(ours)(xs),
+            ours(xs[1]),
+            ours(xs[0], key=jax.random.PRNGKey(1)),  # accepted and ignored, as eqx.nn
+        )
+
+    expected, vmapped, filter_vmapped, single, keyed = run(ours, theirs, xs)
+    assert expected.shape == (3, 4, 3, 3)
+    _close(vmapped, expected)
+    _close(filter_vmapped, expected)
+    _close(single, expected[1])
+    _close(keyed, expected[0])
 
 
 def test_filter_grad_equals_eqx_grads():
-    ours, theirs = _pair_of_models(jax.random.PRNGKey(1))
-    xs = _normal((4, 3, 12, 12))
+    ours, theirs = _pair_of_models(1)
+    xs = _normal((2, 3, 8, 8), seed=1)
 
     def loss(model, xs):
         return jnp.mean(jax.vmap(model)(xs) ** 2)
 
-    grads = eqx.filter_jit(eqx.filter_grad(loss))
-    g_ours, g_theirs = grads(ours, xs), grads(theirs, xs)
+    @eqx.filter_jit  # both models' parameter and input gradients: one program
+    def grads(models, xs):
+        return [
+            (eqx.filter_grad(loss)(model, xs), jax.grad(loss, argnums=1)(model, xs))
+            for model in models
+        ]
+
+    (g_ours, dx_ours), (g_theirs, dx_theirs) = grads((ours, theirs), xs)
     for index in (0, 3):
         for field in ("weight", "bias"):
             _close(
@@ -483,8 +560,6 @@ def test_filter_grad_equals_eqx_grads():
                 atol=1e-6,
             )
     # and w.r.t. the input
-    dx = eqx.filter_jit(jax.grad(loss, argnums=1))
-    dx_ours, dx_theirs = dx(ours, xs), dx(theirs, xs)
     _close(dx_ours, dx_theirs, rtol=1e-4, atol=1e-6)
 
 
@@ -500,34 +575,47 @@ def test_filter_grad_equals_eqx_grads():
     ],
 )
 def test_conv_grads_equal_eqx_grads(n, kwargs):
-    key = jax.random.PRNGKey(2)
-    theirs = eqx.nn.Conv(n, 2, 4, key=key, **kwargs)
-    ours = enn.Conv(n, 2, 4, key=key, **kwargs)
+    ours, theirs = _conv_pair(n, 2, 4, seed=2, lim=0.5, **kwargs)
     x = _normal((2,) + (6,) * n)
 
     def loss(model, x):
         return jnp.sum(jnp.sin(model(x)))
 
-    grads = eqx.filter_jit(jax.grad(loss, argnums=(0, 1)))
-    g_ours, dx_ours = grads(ours, x)
-    g_theirs, dx_theirs = grads(theirs, x)
+    @eqx.filter_jit  # both gradients in one program
+    def grads(models, x):
+        return [jax.grad(loss, argnums=(0, 1))(model, x) for model in models]
+
+    (g_ours, dx_ours), (g_theirs, dx_theirs) = grads((ours, theirs), x)
     _close(g_ours.weight, g_theirs.weight, rtol=1e-4, atol=1e-5)
     _close(g_ours.bias, g_theirs.bias, rtol=1e-4, atol=1e-5)
     _close(dx_ours, dx_theirs, rtol=1e-4, atol=1e-5)
 
 
+def _strided_conv():
+    conv = _uninitialised(enn.Conv2d, 2, 3, 3, stride=(1, 2), padding="same")
+    return _with_params(conv, lim=0.5)
+
+
 def test_check_grads_conv():
-    conv = enn.Conv2d(2, 3, 3, stride=(1, 2), padding="same", key=jax.random.PRNGKey(0))
+    """First order w.r.t. the input and the parameters, one check."""
+    conv = _strided_conv()
     x = _normal((2, 5, 6))
-    check_grads(eqx.filter_jit(conv), (x,), order=2, modes=["fwd", "rev"], atol=1e-2)
     params, static = eqx.partition(conv, eqx.is_array)
     check_grads(
-        jax.jit(lambda p: eqx.combine(p, static)(x)),
-        (params,),
+        jax.jit(lambda x, p: eqx.combine(p, static)(x)),
+        (x, params),
         order=1,
         modes=["fwd", "rev"],
         atol=1e-2,
     )
+
+
+@pytest.mark.thorough  # second order through a stencil: fast in
+# test_check_grads_finite_difference_taps; first order: test_check_grads_conv
+def test_check_grads_conv_second_order():
+    conv = _strided_conv()
+    x = _normal((2, 5, 6))
+    check_grads(eqx.filter_jit(conv), (x,), order=2, modes=["fwd", "rev"], atol=1e-2)
 
 
 @pytest.mark.parametrize(
@@ -569,9 +657,11 @@ def test_layers_are_stencils():
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(es.Stencil, "__call__", spy)
-        enn.Conv2d(2, 2, 3, key=jax.random.PRNGKey(0))(jnp.ones((2, 5, 5)))
-        enn.MaxPool2d(2)(jnp.ones((2, 5, 5)))
-        enn.FiniteDifference()(jnp.ones((1, 5, 5)))
+        # traced, not compiled
+        conv = _with_params(_uninitialised(enn.Conv2d, 2, 2, 3))
+        eqx.filter_eval_shape(conv, jnp.ones((2, 5, 5)))
+        eqx.filter_eval_shape(enn.MaxPool2d(2), jnp.ones((2, 5, 5)))
+        eqx.filter_eval_shape(enn.FiniteDifference(), jnp.ones((1, 5, 5)))
     assert calls == [(2, 3, 3), (1, 2, 2), (1, 3, 3)]
 
 
