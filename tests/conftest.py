@@ -7,6 +7,8 @@
   (the `tests_thorough` session; CI runs it too). A test or parameter marked
   `thorough` adds breadth to a rule the fast suite already checks with a
   cheaper case (more modes, layers, meshes or sizes); the fast suite skips it.
+- The sharded case scripts (`case_runner.py`) start in the background when
+  the run starts, before pytest-xdist starts its workers.
 - Progress: one line per test file as it finishes (passed count and seconds)
   instead of a dot per test; failures, errors and skips still print their
   letter, and the summary at the end is pytest's own.
@@ -20,6 +22,7 @@ from typing import Any
 
 import hypothesis
 import pytest
+from case_runner import start, stop
 
 
 MIN_EXAMPLES = 5
@@ -128,3 +131,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(progress, "eqx-stencil-file-progress")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistCollection(progress), "eqx-stencil-xdist")
+
+
+_STARTED: list = []
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist starts the workers
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):
+        _STARTED.extend(start(session.config))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):
+        stop(_STARTED)

@@ -13,54 +13,31 @@ output's sharding, and the collectives of the compiled program.
 
 from __future__ import annotations
 
-import pathlib
-
 import pytest
-from case_runner import breadth_param, result, shared_results
+from case_runner import (
+    NN_BATCHED_FAST,
+    NN_LAYERS as LAYERS,
+    SCRIPTS,
+    breadth_param,
+    result,
+    results as case_results,
+)
 
 
-CASES = pathlib.Path(__file__).parent / "nn_sharded" / "cases.py"
-LAYERS = [
-    "conv1d",
-    "conv2d",
-    "conv2d_stride",
-    "conv2d_circular_groups",
-    "conv3d",
-    "maxpool",
-    "maxpool_aligned",
-    "avgpool",
-    "avgpool1d",
-    "blur",
-    "finite_difference",
-]
 GATHERS = ("all-gather", "all-to-all", "reduce-scatter")
-# Batch cases only `nox -s tests_thorough` runs: the fast suite batches each
-# kind of layer on Explicit axes and a convolution and a pool on Auto axes
-# (every layer is spatially sharded in both).
-BATCHED_FAST = {
-    "explicit": {"conv2d", "maxpool", "avgpool", "blur", "finite_difference"},
-    "auto": {"conv2d", "maxpool"},
-}
-BREADTH = {
-    f"batch_{axis_type}_{layer}"
-    for axis_type, fast in BATCHED_FAST.items()
-    for layer in LAYERS
-    if layer not in fast
-}
+BREADTH = SCRIPTS["nn_sharded"].breadth  # cases only tests_thorough runs
 
 
 @pytest.fixture(scope="module")
-def results(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, dict]:
-    return shared_results(CASES, BREADTH, request.config, tmp_path_factory)
+def results(request: pytest.FixtureRequest) -> dict[str, dict]:
+    return case_results("nn_sharded", request.config)
 
 
 @pytest.mark.parametrize(
     "name",
     [
         breadth_param(f"batch_{axis_type}_{layer}", BREADTH)
-        for axis_type in BATCHED_FAST
+        for axis_type in NN_BATCHED_FAST
         for layer in LAYERS
     ],
 )

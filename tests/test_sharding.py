@@ -8,30 +8,18 @@ the collectives in the compiled program, or the error the case must raise.
 
 from __future__ import annotations
 
-import pathlib
-
 import pytest
-from case_runner import breadth_param, result, shared_results
+from case_runner import SCRIPTS, breadth_param, result, results as case_results
 
 
-CASES = pathlib.Path(__file__).parent / "sharded" / "cases.py"
 NO_GATHER = {"all-gather": 0, "all-to-all": 0, "all-reduce": 0}
 MODES = ["constant", "edge", "reflect", "symmetric", "wrap"]
-# Cases only `nox -s tests_thorough` runs: the 5-point Laplacian takes every
-# boundary mode and the 9-point one the zero fill (its corners) in the fast
-# suite; the deep halos there are periodic.
-BREADTH = {
-    *(f"lap9_{mode}" for mode in MODES[1:]),
-    "deep_halo_constant",
-    "deep_halo_reflect",
-}
+BREADTH = SCRIPTS["sharded"].breadth  # cases only tests_thorough runs
 
 
 @pytest.fixture(scope="module")
-def results(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, dict]:
-    return shared_results(CASES, BREADTH, request.config, tmp_path_factory)
+def results(request: pytest.FixtureRequest) -> dict[str, dict]:
+    return case_results("sharded", request.config)
 
 
 def others(entry: dict) -> dict[str, int]:
