@@ -202,7 +202,15 @@ def test_row_plans_match_sequential_reference(config, seed):
     np.testing.assert_allclose(jax.jit(stencil)(x), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("boundary", ["constant", "wrap"])
+@pytest.mark.parametrize(
+    "boundary",
+    [
+        "constant",
+        # wrap: every boundary on row plans is test_row_plans_match_sequential_
+        # reference's; the gradient rule is the constant case's.
+        pytest.param("wrap", marks=pytest.mark.thorough),
+    ],
+)
 def test_row_plan_values_and_gradients(boundary):
     def step(u, c):  # the row before, and the next cell of its own row
         return c * u[-1, -1] + jnp.sin(u[-1, 1]) + 0.5 * u[0, 1]
@@ -220,9 +228,10 @@ def test_row_plan_values_and_gradients(boundary):
         ],
         x, kernel_size=3, padding=1, boundary=boundary, regions=[(slice(None), 0)],
     )  # fmt: skip
-    np.testing.assert_allclose(stencil(x, 0.7), expected, rtol=1e-5, atol=1e-5)
+    jitted = jax.jit(lambda x, c: stencil(x, c))
+    np.testing.assert_allclose(jitted(x, 0.7), expected, rtol=1e-5, atol=1e-5)
     check_grads(
-        jax.jit(lambda x, c: stencil(x, c)), (x, 0.7), order=1, modes=["fwd", "rev"],
+        jitted, (x, 0.7), order=1, modes=["fwd", "rev"],
         atol=1e-2, rtol=1e-2,
     )  # fmt: skip
 
@@ -305,7 +314,7 @@ def test_kscan_inside_lax_scan_and_gradients():
         out, _ = jax.lax.scan(lambda u, _: (stencil(u, c), None), x, None, length=3)
         return out
 
-    check_grads(run, (x, 0.7), order=1, modes=["fwd", "rev"], atol=1e-2)
+    check_grads(jax.jit(run), (x, 0.7), order=1, modes=["fwd", "rev"], atol=1e-2)
 
 
 def test_sscan_keeps_input_outside_offset():
@@ -427,7 +436,15 @@ def _explicit(u, c, *, shift):
     return c.a * u[-1, 0] + c.b * u[-1, 1] + shift  # reads the previous row only
 
 
-@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(
+    "reverse",
+    [
+        False,
+        # reverse: reverse cell plans with regions are
+        # test_kscan_matches_sequential_reference's; arguments the False case's.
+        pytest.param(True, marks=pytest.mark.thorough),
+    ],
+)
 def test_kscan_arguments_on_the_cell_plan_with_regions(reverse):
     x = np.random.default_rng(0).normal(size=7).astype(np.float32)
     c, shift = {"w": jnp.float32(0.5)}, 0.25
@@ -457,10 +474,14 @@ def test_kscan_module_argument_on_the_row_plan_and_under_vmap():
         [lambda w: 0.5 * w[0, 0] - 0.25 * w[0, 1] + 1.0],
         x, kernel_size=(3, 2), padding=((1, 1), (0, 1)),
     )  # fmt: skip
-    np.testing.assert_allclose(stencil(x, c, shift=1.0), expected, rtol=1e-5, atol=1e-6)
-    batched = jax.vmap(lambda c: stencil(x, c, shift=1.0))(
-        Coefficients(jnp.array([0.5, 0.0]), jnp.array([-0.25, 0.0]))
-    )
+    batch = Coefficients(jnp.array([0.5, 0.0]), jnp.array([-0.25, 0.0]))
+    single, batched = jax.jit(  # one program: one compile
+        lambda c, batch: (
+            stencil(x, c, shift=1.0),
+            jax.vmap(lambda c: stencil(x, c, shift=1.0))(batch),
+        )
+    )(c, batch)
+    np.testing.assert_allclose(single, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(batched[0], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(batched[1][1:], 1.0)
 
@@ -477,39 +498,33 @@ def test_sscan_arguments_with_regions_and_gradient():
         expected[i] = (
             2.0 * expected[i - 1] + expected[i] if i < 4 else expected[i] - 2.0
         )
-    np.testing.assert_allclose(stencil(x, 2.0), expected)
-    check_grads(lambda k: stencil(x, k), (2.0,), order=1, modes=["rev"], rtol=1e-2)
-
-
-X64_SCRIPT = """
-import jax
-jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp
-import numpy as np
-import eqx_stencil as es
-
-cumsum = es.kscan(lambda x: x[-1] + x[0], kernel_size=3, padding=1, relative=True)
-np.testing.assert_array_equal(cumsum(jnp.ones(5)), [1, 2, 3, 4, 5])
-rows = es.kscan(lambda u, k: k * u[-1, 0], kernel_size=(3, 1), padding=((1, 1), (0, 0)),
-                relative=True)
-out = rows(jnp.ones((4, 3)), 2.0)
-assert out.dtype == jnp.float64, out.dtype
-np.testing.assert_array_equal(out[:, 0], [0, 0, 0, 0])
-gs = es.sscan(lambda u: (u[-1, 0] + u[0, -1] + u[1, 0] + u[0, 1]) / 4, kernel_size=3,
-              relative=True, offset=1, reverse=True)
-assert gs(jnp.ones((4, 4), jnp.int64) * 4).dtype == jnp.int64
-print("ok")
-"""
+    jitted = jax.jit(lambda k: stencil(x, k))
+    np.testing.assert_allclose(jitted(2.0), expected)
+    check_grads(jitted, (2.0,), order=1, modes=["rev"], rtol=1e-2)
 
 
 def test_kscan_and_sscan_plans_in_64_bit_mode():
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-c", X64_SCRIPT], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    """64-bit mode in this process (`jax.enable_x64`, no subprocess to start)."""
+    with jax.enable_x64(True):
+        cumsum = es.kscan(
+            lambda x: x[-1] + x[0], kernel_size=3, padding=1, relative=True
+        )
+        assert jnp.zeros(()).dtype == jnp.float64  # the mode is on
+        rows = es.kscan(
+            lambda u, k: k * u[-1, 0], kernel_size=(3, 1),
+            padding=((1, 1), (0, 0)), relative=True,
+        )  # fmt: skip
+        gs = es.sscan(
+            lambda u: (u[-1, 0] + u[0, -1] + u[1, 0] + u[0, 1]) / 4,
+            kernel_size=3, relative=True, offset=1, reverse=True,
+        )  # fmt: skip
+        scanned, out, swept = jax.jit(  # one program: one compile
+            lambda a, b, c: (cumsum(a), rows(b, 2.0), gs(c))
+        )(np.ones(5), np.ones((4, 3)), np.full((4, 4), 4, np.int64))
+        np.testing.assert_array_equal(scanned, [1, 2, 3, 4, 5])
+        assert out.dtype == jnp.float64, out.dtype
+        np.testing.assert_array_equal(out[:, 0], [0, 0, 0, 0])
+        assert swept.dtype == jnp.int64, swept.dtype
 
 
 def test_kernex_3d_diffusion_sscan_with_arguments():
