@@ -1,8 +1,11 @@
-"""Interleaved timing: each round runs every variant once, rounds repeat.
+"""Interleaved timing: each round runs every variant once, in a random order;
+rounds repeat.
 
 Interleaving spreads slow drifts of the machine (frequency scaling, other
 processes) evenly over the variants, so their ratio stays meaningful even when
-absolute times wander.
+absolute times wander; the random order spreads what one variant leaves
+behind for the next (evicted caches after a variant that touches hundreds of
+megabytes).
 """
 
 from __future__ import annotations
