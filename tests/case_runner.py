@@ -70,7 +70,7 @@ class CaseScript:
 
 
 HERE = pathlib.Path(__file__).resolve().parent
-_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
+MODES = ("constant", "edge", "reflect", "symmetric", "wrap")  # boundary modes
 NN_LAYERS = (
     "conv1d",
     "conv2d",
@@ -98,7 +98,7 @@ SCRIPTS = {
         HERE / "sharded" / "cases.py",
         HERE / "test_sharding.py",
         frozenset(
-            [*(f"lap9_{mode}" for mode in _MODES[1:])]
+            [*(f"lap9_{mode}" for mode in MODES[1:])]
             + ["deep_halo_constant", "deep_halo_reflect"]
         ),
     ),
@@ -125,11 +125,9 @@ def _args(case_script: CaseScript, config: pytest.Config) -> list[str]:
 
 def _selected(test_file: pathlib.Path, config: pytest.Config) -> bool:
     """Whether the command line's paths include `test_file`."""
-    root = pathlib.Path(str(config.rootpath))
-    for arg in config.args or [str(root / path) for path in config.getini("testpaths")]:
-        path = (
-            pathlib.Path(str(config.invocation_params.dir)) / arg.split("::")[0]
-        ).resolve()
+    testpaths = [str(config.rootpath / path) for path in config.getini("testpaths")]
+    for arg in config.args or testpaths:
+        path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
         if test_file == path or path in test_file.parents:
             return True
     return False

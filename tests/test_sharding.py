@@ -9,11 +9,10 @@ the collectives in the compiled program, or the error the case must raise.
 from __future__ import annotations
 
 import pytest
-from case_runner import SCRIPTS, breadth_param, result, results as case_results
+from case_runner import MODES, SCRIPTS, breadth_param, result, results as case_results
 
 
 NO_GATHER = {"all-gather": 0, "all-to-all": 0, "all-reduce": 0}
-MODES = ["constant", "edge", "reflect", "symmetric", "wrap"]
 BREADTH = SCRIPTS["sharded"].breadth  # cases only tests_thorough runs
 
 

@@ -28,7 +28,7 @@ from typing import Any  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from case_runner import serve  # noqa: E402
+from case_runner import MODES, serve  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import eqx_stencil as es  # noqa: E402
@@ -226,7 +226,7 @@ Y = jax.random.normal(jax.random.key(1), (32, 16))
 
 # --- cases -----------------------------------------------------------------
 
-for _mode in ("constant", "edge", "reflect", "symmetric", "wrap"):
+for _mode in MODES:
 
     def _lap5_case(mode: str = _mode) -> dict:
         return compare(lap5(mode), X, eager=mode in ("constant", "wrap"))
