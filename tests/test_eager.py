@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 
 import equinox as eqx
 import jax
@@ -263,23 +264,56 @@ def test_module_function_holding_arrays_given_as_func():
     np.testing.assert_array_equal(stencil(X), 3 * X)
 
 
-@pytest.mark.parametrize("transform", ["grad", "vmap", "jvp"])
-def test_eager_transformations_run_the_stencil_as_one_program(transform):
+def _laplacian(u):
+    return u[1, 0] + u[-1, 0] + u[0, 1] + u[0, -1] - 4 * u[0, 0]
+
+
+# Every kind of stencil, each on a shape no other test uses (so no primitive's
+# program is cached already): a map with a region, a sweep, the
+# shape-preserving map and sweep.
+KINDS = {
+    "kmap": (
+        lambda: (
+            es.kmap(_laplacian, kernel_size=3, padding="same", relative=True)
+            .at[0, :]
+            .set(lambda u: 0.0 * u[0, 0])
+        ),
+        (13, 17),
+    ),
+    "kscan": (
+        lambda: es.kscan(_laplacian, kernel_size=3, padding="same", relative=True),
+        (11, 19),
+    ),
+    "smap": (
+        lambda: es.smap(_laplacian, kernel_size=3, offset=1, relative=True),
+        (17, 13),
+    ),
+    "sscan": (
+        lambda: es.sscan(_laplacian, kernel_size=3, offset=1, relative=True),
+        (19, 11),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "kind, transform",
+    [
+        (kind, transform)
+        if kind == "kmap" or transform == "grad"
+        # the other kinds' vmap and jvp: one program as for kmap's, by the
+        # same path (`_call.run`)
+        else pytest.param(kind, transform, marks=pytest.mark.thorough)
+        for kind in KINDS
+        for transform in ("grad", "vmap", "jvp")
+    ],
+)
+def test_eager_transformations_run_the_stencil_as_one_program(kind, transform):
     """`jax.grad(f)(x)` outside `jit`: the stencil is one compiled program, not
     one per primitive (the getting-started Laplacian's gradient compiled 200
-    programs, 17 s). The shape is one no other test uses, so no primitive's
-    program is cached already."""
-    stencil = (
-        es.kmap(
-            lambda u: u[1, 0] + u[-1, 0] + u[0, 1] + u[0, -1] - 4 * u[0, 0],
-            kernel_size=3,
-            padding="same",
-            relative=True,
-        )
-        .at[0, :]
-        .set(lambda u: 0.0 * u[0, 0])
-    )
-    u = jnp.linspace(0.0, 1.0, 13 * 17).reshape(13, 17)
+    programs, 17 s)."""
+    make, shape = KINDS[kind]
+    stencil = make()
+    u = jnp.linspace(0.0, 1.0, math.prod(shape)).reshape(shape)
     runs = {
         "grad": lambda: jax.grad(lambda u: jnp.sum(stencil(u)))(u),
         "vmap": lambda: jax.vmap(stencil)(jnp.stack([u, u])),

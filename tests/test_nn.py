@@ -203,20 +203,22 @@ def test_conv_complex():
 
 
 @pytest.mark.parametrize(
-    "groups, convolutions", [(1, 1), (2, 0)], ids=["dense", "grouped"]
+    "n, groups, convolutions",
+    [(1, 1, 1), (2, 1, 1), (3, 1, 1), (2, 2, 0)],
+    ids=["dense1d", "dense2d", "dense3d", "grouped2d"],
 )
-def test_few_channels_lower_to_one_convolution_unless_grouped(groups, convolutions):
-    """18 taps times 2 outputs: below kmap's threshold, yet a dense layer is
-    one convolution (its gradient compiles as fast as `eqx.nn.Conv`'s); a
-    grouped one keeps the slices (XLA gathers a batch-sharded grouped
-    convolution)."""
-    layer = _with_params(_uninitialised(enn.Conv2d, 2, 2, 3, padding=1, groups=groups))
+def test_few_channels_lower_to_one_convolution_unless_grouped(n, groups, convolutions):
+    """At most 54 taps times 2 outputs: below kmap's threshold, yet a dense
+    layer of any rank is one convolution (its gradient compiles as fast as
+    `eqx.nn.Conv`'s); a grouped one keeps the slices (XLA gathers a
+    batch-sharded grouped convolution)."""
+    layer = _with_params(_uninitialised(enn.Conv, n, 2, 2, 3, padding=1, groups=groups))
     params, static = eqx.partition(layer, eqx.is_array)
 
     def loss(params, x):
         return jnp.sum(jnp.sin(jax.vmap(eqx.combine(params, static))(x)))
 
-    x = _normal((4, 2, 8, 8))
+    x = _normal((4, 2) + (6,) * n)
     program = jax.jit(jax.grad(loss)).lower(params, x).compile().as_text()
     assert program.count(" convolution(") == 2 * convolutions  # forward, weight grad
 
