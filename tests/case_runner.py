@@ -84,11 +84,19 @@ NN_LAYERS = (
     "blur",
     "finite_difference",
 )
-# The nn batch cases the fast suite runs: each kind of layer on Explicit axes,
-# a convolution and a pool on Auto axes (every layer is spatially sharded in
-# both suites).
+# The nn batch cases the fast suite runs: each kind of layer on Explicit axes
+# (a grouped convolution too: XLA gathers a batch-sharded one, so it keeps the
+# slices), a convolution and a pool on Auto axes (every layer is spatially
+# sharded in both suites).
 NN_BATCHED_FAST = {
-    "explicit": {"conv2d", "maxpool", "avgpool", "blur", "finite_difference"},
+    "explicit": {
+        "conv2d",
+        "conv2d_circular_groups",
+        "maxpool",
+        "avgpool",
+        "blur",
+        "finite_difference",
+    },
     "auto": {"conv2d", "maxpool"},
 }
 SCRIPTS = {
