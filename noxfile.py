@@ -13,10 +13,18 @@ PYTHON = "3.11"
 
 
 CPU = {"JAX_PLATFORMS": "cpu"}
-# The suite compiles thousands of small programs and runs each once: XLA's
-# LLVM backend at -O0 compiles them faster (the programs XLA's own HLO passes
-# produce, which tests inspect, are the same).
-FAST_COMPILE = {**CPU, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+# The suite compiles thousands of small programs and runs each once, so XLA's
+# CPU code generation is most of its time. Two flags make it 2-3x cheaper
+# (suite: 4 min 28 s -> 2 min 46 s, 2 cores): LLVM at -O0, and the older LLVM
+# IR emitters for fusions instead of the MLIR fusion emitters, which compile
+# 2.5x faster at -O0. XLA's HLO passes run as usual: the one difference in
+# the compiled HLO is that a lone instruction is not wrapped in a fusion of
+# its own, and every test that inspects compiled HLO also passes with XLA's
+# defaults. tests_thorough compiles with the defaults, as users' programs are.
+FAST_COMPILE = {
+    **CPU,
+    "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false",
+}
 # Two workers that steal tests from each other; each hypothesis test draws a
 # quarter of its max_examples (tests_thorough draws all of them); a fixed
 # hypothesis seed makes CI reproducible (plain `pytest` draws fresh examples
