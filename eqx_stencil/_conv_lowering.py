@@ -47,6 +47,7 @@ from jaxtyping import Array, PyTree
 
 from ._boundary import fill_value, padded_box
 from ._geometry import Cval, DimLayout
+from ._identity import on_identity
 
 
 # From this many taps times output entries on, a linear window function is
@@ -177,7 +178,6 @@ def _weights(
     if taps * sum(sizes) < MIN_CONV_TAPS and not _ALWAYS.get():
         return None
     transpose = jax.linear_transpose(flat, *windows)
-    basis = jnp.eye(sum(sizes), dtype=jnp.result_type(*[d for _, d in leaves]))
 
     def row(unit: Array) -> Array:
         parts = jnp.split(unit, np.cumsum(sizes)[:-1])
@@ -186,7 +186,10 @@ def _weights(
         ]
         return jnp.stack(transpose(cotangents))
 
-    return jax.vmap(row)(basis), leaves, out_tree[0]
+    # The transpose on every unit vector (`_identity.py`: no product with the
+    # identity is computed).
+    dtype = jnp.result_type(*[d for _, d in leaves])
+    return on_identity(jax.vmap(row), sum(sizes), dtype), leaves, out_tree[0]
 
 
 Boundary = tuple[str, Cval]
