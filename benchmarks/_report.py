@@ -27,6 +27,9 @@ class Bar:
 
     `limit=None` leaves only the `target` (or, without one, just shows the
     ratio); `strict` makes the limit exclusive ("faster than": `< 1`).
+    `same_program`: also say whether the two compile to the same program (a
+    ratio between identical programs differs from 1 only by noise; the bar
+    is still judged on the ratio).
     """
 
     variant: str
@@ -34,9 +37,11 @@ class Bar:
     limit: float | None
     target: float | None = None
     strict: bool = False
+    same_program: bool = False
 
-    def judge(self, ratio: float) -> Verdict:
-        """The verdict for a measured `ratio`."""
+    def judge(self, ratio: float, same: bool | None = None) -> Verdict:
+        """The verdict for a measured `ratio` (`same`: whether the programs
+        are the same, when `same_program` asked)."""
         parts = [f"{ratio:.2f}× {self.reference}"]
         met = None
         if self.limit is not None:
@@ -46,6 +51,8 @@ class Bar:
         if self.target is not None:
             target_met = ratio <= self.target
             parts.append(f"(target ≤ {self.target:g}×)")
+        if same is not None:
+            parts.append("(same compiled program)" if same else "(other program)")
         return Verdict(" ".join(parts), met, target_met)
 
 

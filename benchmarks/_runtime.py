@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -205,13 +206,38 @@ def _median_cell(samples: list[float], rounds: int) -> str:
     return cell if len(samples) == rounds else f"{cell} (n={len(samples)})"
 
 
+def program(call: Any, args: tuple[Any, ...]) -> list[str]:
+    """The instructions of `call`'s compiled program, without names,
+    metadata or order: equal for programs that differ only in those."""
+    text = call.lower(*args).compile().as_text()
+    text = re.sub(r", metadata=\{[^}]*\}", "", text)
+    found = re.findall(r"^\s*(?:ROOT )?%\S+ = (.*)$", text, flags=re.M)
+    return sorted(re.sub(r"%[\w.\-]+", "%", line) for line in found)
+
+
+def _same_programs(
+    case: RuntimeCase, calls: dict[str, Any], args: tuple[Any, ...]
+) -> dict[tuple[str, str], bool]:
+    """For each bar with `same_program` whose variants both run: whether
+    they compile to the same program."""
+    return {
+        (bar.variant, bar.reference): program(calls[bar.variant], args)
+        == program(calls[bar.reference], args)
+        for bar in case.bars
+        if bar.same_program and bar.variant in calls and bar.reference in calls
+    }
+
+
 def _rows(
-    case: RuntimeCase, samples: dict[str, list[float]], failed: dict[str, str]
+    case: RuntimeCase,
+    samples: dict[str, list[float]],
+    failed: dict[str, str],
+    same: dict[tuple[str, str], bool],
 ) -> tuple[Row, ...]:
     """Medians, ratios to `hand`/`lax` and verdicts, one row per variant.
 
     `failed`: the row text of variants omitted, or fragile ones that failed
-    or were wrong.
+    or were wrong; `same`: `_same_programs`.
     """
     medians = {name: statistics.median(s) for name, s in samples.items()}
     rounds = max(len(s) for s in samples.values())
@@ -233,7 +259,10 @@ def _rows(
             rows.append(timing_row(case.name, name, failed[name], None, None))
             continue
         verdicts = [
-            bar.judge(medians[name] / medians[bar.reference])
+            bar.judge(
+                medians[name] / medians[bar.reference],
+                same.get((name, bar.reference)),
+            )
             if bar.reference in medians
             else Verdict(f"{bar.reference} not run", None, None)
             for bar in case.bars
@@ -274,8 +303,9 @@ def run_case(case: RuntimeCase, budget: Budget) -> Table | tuple[Table, Table]:
         per_call_s.pop(name, None)
     once = {name: [per_call_s.pop(name)] for name in calls if variants[name].once}
     calls = {name: call for name, call in calls.items() if name not in once}
+    same = _same_programs(case, calls, args)
     samples = interleaved(calls, args, per_call_s, budget) | once
-    timing = Table(TIMING_HEADERS, _rows(case, samples, failed))
+    timing = Table(TIMING_HEADERS, _rows(case, samples, failed, same))
     if case.traffic is None:
         return timing
     medians = {name: statistics.median(s) for name, s in samples.items()}

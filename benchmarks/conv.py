@@ -74,7 +74,8 @@ def case(c: int, n: int) -> RuntimeCase:
         variants.append(kernex)
     # Few taps: the unrolled slices beat XLA:CPU's convolution; many taps:
     # the convolution lowering must match lax.conv (issue 13).
-    bar = Bar(ES, LAX, limit=0.5 if c * 9 < conv_lowering.MIN_CONV_TAPS else 1.0)
+    few = c * 9 < conv_lowering.MIN_CONV_TAPS
+    bar = Bar(ES, LAX, limit=0.5 if few else 1.0, same_program=not few)
     return RuntimeCase(f"conv C={c} {c}×{n}×{n}", lambda: _args(c, n), variants, (bar,))
 
 

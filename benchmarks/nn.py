@@ -27,8 +27,8 @@ from ._runtime import ES, LAX, RuntimeCase, Variant
 BATCH = 8
 TOLERANCE = 1e-4
 SPEED_BAR = Bar(ES, LAX, limit=1.5)
-CONV_BAR = Bar(ES, LAX, limit=1.0)
-CONV_GRAD_BAR = Bar(ES, LAX, limit=1.1)
+CONV_BAR = Bar(ES, LAX, limit=1.0, same_program=True)
+CONV_GRAD_BAR = Bar(ES, LAX, limit=1.1, same_program=True)
 
 
 def _images(channels: int, n: int) -> Array:
