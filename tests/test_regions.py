@@ -58,37 +58,46 @@ def test_reference_selection_is_numpy_indexing():
         selection(4, (4,))
 
 
-@pytest.mark.parametrize(
-    "geo, index, owned",
-    [
-        # valid, k=3: the anchor of output o is input o + 1
-        (dict(kernel_size=3), slice(1, 4), [0, 1, 2]),
-        (dict(kernel_size=3), 0, []),
-        (dict(kernel_size=3), -1, []),
-        (dict(kernel_size=3), -2, [7]),
-        # stride 2, "same" (1, 1): anchors 0, 2, 4, 6, 8
-        (dict(kernel_size=3, strides=2, padding="same"), slice(2, 7), [1, 2, 3]),
-        (dict(kernel_size=3, strides=2, padding="same"), slice(1, None, 2), []),
-        (dict(kernel_size=3, strides=2, padding="same"), slice(None, None, -3), [0, 3]),
-        # dilation 2, k=4: anchor o + 2
-        (dict(kernel_size=4, dilation=2), 3, [1]),
-        # negative padding crops: anchor o + 2
-        (dict(kernel_size=1, padding=((-2, -3),)), 2, [0]),
-        (dict(kernel_size=1, padding=((-2, -3),)), slice(-4, None), [4]),
-        # padding wider than the window: anchors o - 2, in the padding at 0, 1
-        (dict(kernel_size=1, padding=2), Ellipsis, list(range(2, 12))),
-        # even kernel "same" pads (0, 1): anchor o
-        (dict(kernel_size=2, padding="same"), slice(3, 5), [3, 4]),
-    ],
-)
+ANCHOR_CASES = [
+    # valid, k=3: the anchor of output o is input o + 1
+    (dict(kernel_size=3), slice(1, 4), [0, 1, 2]),
+    (dict(kernel_size=3), 0, []),
+    (dict(kernel_size=3), -1, []),
+    (dict(kernel_size=3), -2, [7]),
+    # stride 2, "same" (1, 1): anchors 0, 2, 4, 6, 8
+    (dict(kernel_size=3, strides=2, padding="same"), slice(2, 7), [1, 2, 3]),
+    (dict(kernel_size=3, strides=2, padding="same"), slice(1, None, 2), []),
+    (dict(kernel_size=3, strides=2, padding="same"), slice(None, None, -3), [0, 3]),
+    # dilation 2, k=4: anchor o + 2
+    (dict(kernel_size=4, dilation=2), 3, [1]),
+    # negative padding crops: anchor o + 2
+    (dict(kernel_size=1, padding=((-2, -3),)), 2, [0]),
+    (dict(kernel_size=1, padding=((-2, -3),)), slice(-4, None), [4]),
+    # padding wider than the window: anchors o - 2, in the padding at 0, 1
+    (dict(kernel_size=1, padding=2), Ellipsis, list(range(2, 12))),
+    # even kernel "same" pads (0, 1): anchor o
+    (dict(kernel_size=2, padding="same"), slice(3, 5), [3, 4]),
+]
+
+
+@functools.cache
+def _anchor_outputs():
+    """Every ANCHOR_CASES stencil on `arange(10)`, computed in one program
+    (one compile for all the cases of test_anchor_rule_by_hand)."""
+    stencils = [
+        es.kmap(lambda w: w[0] * 0 - 1.0, **geo).at[index].set(lambda w: w[0] * 0 + 1.0)
+        for geo, index, _ in ANCHOR_CASES
+    ]
+    outs = jax.jit(lambda u: [stencil(u) for stencil in stencils])(np.arange(10.0))
+    return [np.asarray(out) for out in outs]
+
+
+@pytest.mark.parametrize("geo, index, owned", ANCHOR_CASES)
 def test_anchor_rule_by_hand(geo, index, owned):
     x = np.arange(10.0)
     owners = owner_map(x.shape, [index], True, **geo)
     assert np.flatnonzero(owners == 1).tolist() == owned
-    stencil = (
-        es.kmap(lambda w: w[0] * 0 - 1.0, **geo).at[index].set(lambda w: w[0] * 0 + 1.0)
-    )
-    out = np.asarray(stencil(jnp.asarray(x)))
+    out = _anchor_outputs()[ANCHOR_CASES.index((geo, index, owned))]
     assert np.flatnonzero(out == 1).tolist() == owned
     assert np.all((out == 1) | (out == -1))
 
@@ -98,30 +107,29 @@ def test_anchor_rule_by_hand(geo, index, owned):
 
 
 def test_at_set_returns_new_stencil_and_leaves_original_unchanged():
-    x = jnp.arange(1.0, 11.0)
+    x = np.arange(1.0, 11.0, dtype=np.float32)
     base = es.kmap(lambda w: jnp.sum(w), kernel_size=3, padding="same")
-    before = np.asarray(base(x))
     setter = base.at[2:5]
     derived = setter.set(lambda w: -w[1])
     other = setter.set(lambda w: 100 * w[1])  # the setter can be reused
     again = derived.at[0].set(lambda w: w[2] * 0 + 7.0)
     assert derived is not base and isinstance(derived, es.Stencil)
-    np.testing.assert_array_equal(base(x), before)
     assert base.regions == () and len(derived.regions) == 1
     assert len(other.regions) == 1 and len(again.regions) == 2
 
+    # All four stencils in one program, after every update: base still
+    # computes the plain window sums, derived is unchanged by again.
+    outs = jax.jit(lambda u: [s(u) for s in (base, derived, other, again)])(x)
     window_sums = np.convolve(np.arange(1.0, 11.0), np.ones(3), mode="same")
-    np.testing.assert_array_equal(before, window_sums)
+    np.testing.assert_array_equal(outs[0], window_sums)
     expected = window_sums.copy()
     expected[2:5] = -np.arange(3.0, 6.0)
-    np.testing.assert_array_equal(derived(x), expected)
-    np.testing.assert_array_equal(derived(x), expected)  # derived unchanged by again
+    np.testing.assert_array_equal(outs[1], expected)
     np.testing.assert_array_equal(
-        other(x), np.where(expected < 0, -100 * expected, expected)
+        outs[2], np.where(expected < 0, -100 * expected, expected)
     )
     expected[0] = 7.0
-    np.testing.assert_array_equal(again(x), expected)
-    np.testing.assert_array_equal(base(x), before)
+    np.testing.assert_array_equal(outs[3], expected)
 
 
 def test_decorator_default_with_regions():
@@ -130,10 +138,10 @@ def test_decorator_default_with_regions():
         return (x[-1] + x[0] + x[1]) / 3
 
     edged = smooth.at[0].set(lambda x: x[0]).at[-1].set(lambda x: x[0])
-    u = np.array([3.0, 0.0, 6.0, 9.0, 3.0])
-    expected = np.array([3.0, 3.0, 5.0, 6.0, 3.0])
-    _check(edged(jnp.asarray(u)), expected)
-    _check(smooth(jnp.asarray(u)), np.array([1.0, 3.0, 5.0, 6.0, 4.0]))
+    u = np.array([3.0, 0.0, 6.0, 9.0, 3.0], np.float32)
+    both = jax.jit(lambda u: (edged(u), smooth(u)))(u)  # one program
+    _check(both[0], np.array([3.0, 3.0, 5.0, 6.0, 3.0]))
+    _check(both[1], np.array([1.0, 3.0, 5.0, 6.0, 4.0]))
 
 
 # --------------------------------------------------------------------------
@@ -210,9 +218,9 @@ def _tap_func(scale, offset, tap):
     return func
 
 
-def _index_cases(x, geometries, index):
+def _index_stencils(x, geometries, index):
     """For each geometry: default + `index` region + an overlapping region on
-    top (later wins), all applied under one `jit`, against the reference."""
+    top (later wins); the stencils and their reference outputs on `x`."""
     stencils, expected = [], []
     for geo in geometries:
         kernel = resolve_kernel(geo["kernel_size"], x.shape)
@@ -232,7 +240,46 @@ def _index_cases(x, geometries, index):
         expected.append(
             reference_regions(_tap_func(-2.0, -5.0, first), table, x, **geo)
         )
-    outs = jax.jit(lambda u: [stencil(u) for stencil in stencils])(jnp.asarray(x))
+    return stencils, expected
+
+
+_PARAMETER_SET = type(pytest.param(None))
+
+
+def _session_group(params, index):
+    """The indices of `params` that run in the same session as `index`: the
+    fast ones, or the breadth ones (marked `thorough`)."""
+    entries = [
+        (p.values[0], True) if isinstance(p, _PARAMETER_SET) else (p, False)
+        for p in params
+    ]
+    breadth = next(marked for value, marked in entries if value is index)
+    return tuple(value for value, marked in entries if marked == breadth)
+
+
+_INDEX_OUTPUTS: dict = {}
+
+
+def _index_cases(x, geometries, index, params):
+    """`index`'s stencils (`_index_stencils`) against the reference. The
+    stencils of all the indices of `params` that run in this session are
+    applied in one `jit` program, compiled once (cached by the group)."""
+    group = _session_group(params, index)
+    key = (id(geometries), tuple(id(value) for value in group))
+    if key not in _INDEX_OUTPUTS:
+        stencils = [
+            stencil
+            for value in group
+            for stencil in _index_stencils(x, geometries, value)[0]
+        ]
+        outs = jax.jit(lambda u: [stencil(u) for stencil in stencils])(x)
+        count = len(geometries)
+        _INDEX_OUTPUTS[key] = {
+            id(value): outs[number * count : (number + 1) * count]
+            for number, value in enumerate(group)
+        }
+    outs = _INDEX_OUTPUTS[key][id(index)]
+    _, expected = _index_stencils(x, geometries, index)
     for geo, out, want in zip(geometries, outs, expected):
         try:
             _check(out, want, rtol=1e-5, atol=1e-4)
@@ -243,20 +290,19 @@ def _index_cases(x, geometries, index):
 @pytest.mark.parametrize("index", INDICES_1D, ids=_index_id)
 def test_index_forms_1d(index):
     x = np.random.default_rng(0).normal(size=(10,)).astype(np.float32)
-    _index_cases(x, GEOMETRIES_1D, index)
+    _index_cases(x, GEOMETRIES_1D, index, INDICES_1D)
 
 
-@pytest.mark.parametrize(
-    "index",
-    [
-        index if number in FAST_2D else _breadth(index)
-        for number, index in enumerate(INDICES_2D)
-    ],
-    ids=_index_id,
-)
+PARAMS_2D = [
+    index if number in FAST_2D else _breadth(index)
+    for number, index in enumerate(INDICES_2D)
+]
+
+
+@pytest.mark.parametrize("index", PARAMS_2D, ids=_index_id)
 def test_index_forms_2d(index):
     x = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)
-    _index_cases(x, GEOMETRIES_2D, index)
+    _index_cases(x, GEOMETRIES_2D, index, PARAMS_2D)
 
 
 def test_same_stride_one_index_is_output_index():
@@ -277,19 +323,20 @@ def test_same_stride_one_index_is_output_index():
 
 
 def test_later_regions_win():
-    x = jnp.arange(10.0)
+    x = np.arange(10.0, dtype=np.float32)
     base = es.kmap(kernel_size=1)
     a = base.at[:6].set(lambda w: w[0] + 100).at[4:].set(lambda w: w[0] + 200)
     b = base.at[4:].set(lambda w: w[0] + 200).at[:6].set(lambda w: w[0] + 100)
-    np.testing.assert_array_equal(a(x), np.arange(10.0) + np.repeat([100, 200], [4, 6]))
-    np.testing.assert_array_equal(b(x), np.arange(10.0) + np.repeat([100, 200], [6, 4]))
     # the same index set twice: the second function wins
     c = a.at[...].set(lambda w: -w[0])
-    np.testing.assert_array_equal(c(x), -np.arange(10.0))
+    out_a, out_b, out_c = jax.jit(lambda u: (a(u), b(u), c(u)))(x)  # one program
+    np.testing.assert_array_equal(out_a, x + np.repeat([100, 200], [4, 6]))
+    np.testing.assert_array_equal(out_b, x + np.repeat([100, 200], [6, 4]))
+    np.testing.assert_array_equal(out_c, -x)
 
 
 def test_default_covers_positions_in_no_region():
-    x = jnp.arange(12.0).reshape(3, 4)
+    x = np.arange(12.0, dtype=np.float32).reshape(3, 4)
     stencil = (
         es.kmap(lambda w: w[0, 0] * 10, kernel_size=(1, 1))
         .at[1, 1:3]
@@ -346,14 +393,8 @@ def test_stencil_without_any_function_is_value_error():
 
 
 def test_dtypes_promoted_across_regions():
-    x = jnp.arange(10, dtype=jnp.int32)
+    x = np.arange(10, dtype=np.int32)
     mixed = es.kmap(lambda w: w[0], kernel_size=1).at[::2].set(lambda w: w[0] * 1.5)
-    out = mixed(x)
-    assert out.dtype == jnp.float32
-    np.testing.assert_array_equal(
-        out, np.arange(10) * np.where(np.arange(10) % 2, 1, 1.5)
-    )
-
     no_default = (
         es.kmap(kernel_size=1)
         .at[:5]
@@ -361,14 +402,17 @@ def test_dtypes_promoted_across_regions():
         .at[5:]
         .set(lambda w: w[0] / 2)
     )
-    out = jax.jit(no_default)(x)
-    assert out.dtype == jnp.float32
-    np.testing.assert_array_equal(out, [1, 2, 3, 4, 5, 2.5, 3, 3.5, 4, 4.5])
-
     ints = es.kmap(lambda w: w[0], kernel_size=1).at[3].set(lambda w: w[0] * 7)
-    out = ints(x)
-    assert out.dtype == jnp.int32
-    np.testing.assert_array_equal(out, [0, 1, 2, 21, 4, 5, 6, 7, 8, 9])
+    outs = jax.jit(lambda u: [s(u) for s in (mixed, no_default, ints)])(x)
+
+    assert outs[0].dtype == jnp.float32
+    np.testing.assert_array_equal(
+        outs[0], np.arange(10) * np.where(np.arange(10) % 2, 1, 1.5)
+    )
+    assert outs[1].dtype == jnp.float32
+    np.testing.assert_array_equal(outs[1], [1, 2, 3, 4, 5, 2.5, 3, 3.5, 4, 4.5])
+    assert outs[2].dtype == jnp.int32
+    np.testing.assert_array_equal(outs[2], [0, 1, 2, 21, 4, 5, 6, 7, 8, 9])
 
 
 def test_dtypes_promoted_on_masked_path():
@@ -440,7 +484,7 @@ def test_vector_outputs_from_all_regions():
     ],
 )
 def test_integer_outside_input_is_index_error(shape, index):
-    x = jnp.zeros(shape)
+    x = np.zeros(shape, np.float32)
     stencil = es.kmap(lambda w: jnp.sum(w), kernel_size=1).at[index].set(jnp.sum)
     with pytest.raises(IndexError):
         stencil(x)
@@ -497,10 +541,11 @@ def test_region_function_runs_only_on_its_positions(kind):
         index = x != 0
     stencil = _reciprocal_where_nonzero(index)
     value, grad = _expected_reciprocal(x)
-    out = jax.jit(stencil)(jnp.asarray(x))
+    out, g = jax.jit(  # one program: the output and its gradient
+        lambda u: (stencil(u), jax.grad(lambda v: jnp.sum(stencil(v)))(u))
+    )(x)
     assert np.isfinite(np.asarray(out)).all()
     _check(out, value)
-    g = jax.jit(jax.grad(lambda u: jnp.sum(stencil(u))))(jnp.asarray(x))
     assert np.isfinite(np.asarray(g)).all(), (
         f"NaN/inf gradient at {np.argwhere(~np.isfinite(np.asarray(g)))[:5].tolist()}"
     )
@@ -550,7 +595,7 @@ def test_boundary_regions_take_the_fewest_tiles(columns_last):
 def test_readme_apply_by_index():
     F = es.kmap(kernel_size=(1,))
     F = F.at[0].set(lambda x: x[0] ** 2).at[1:].set(lambda x: x[0] ** 3)
-    array = jnp.arange(1, 11).astype("float32")
+    array = np.arange(1, 11).astype("float32")
     np.testing.assert_allclose(
         F(array), [1.0, 8.0, 27.0, 64.0, 125.0, 216.0, 343.0, 512.0, 729.0, 1000.0]
     )
@@ -565,9 +610,14 @@ def test_readme_apply_by_index():
 
 
 def _mixed_stencil():
-    """A 2D region stencil with slices, a negative index and a small mask."""
+    """A 2D region stencil with slices, a negative index and a small mask.
+
+    The mask's two points (not a box) lie in the column next to the last: 12
+    tiles, where points in the middle of the grid cut the default region into
+    18, and the gradient program is half as large (the many-tile gradient is
+    test_region_function_runs_only_on_its_positions's "small mask")."""
     mask = np.zeros((6, 7), bool)
-    mask[2, 3] = mask[4, 1] = True
+    mask[2, 5] = mask[4, 5] = True
     return (
         es.kmap(lambda w: jnp.sum(w * w), kernel_size=(3, 3), padding="same")
         .at[0]
@@ -581,7 +631,7 @@ def _mixed_stencil():
 
 def _mixed_reference(x):
     mask = np.zeros((6, 7), bool)
-    mask[2, 3] = mask[4, 1] = True
+    mask[2, 5] = mask[4, 5] = True
     return reference_regions(
         lambda w: np.sum(w * w),
         [
@@ -595,63 +645,74 @@ def _mixed_reference(x):
     )
 
 
+def _mixed_input(seed=6):
+    return np.random.default_rng(seed).normal(size=(6, 7)).astype(np.float32)
+
+
+@functools.cache
+def _mixed_reference_grad():
+    """The gradient of `sum(_mixed_reference(u) ** 2)` at `_mixed_input()`:
+    central differences of the reference in float64, input by input (for
+    test_jit_then_grad and test_filter_jit_with_stencil_as_argument)."""
+    u0 = _mixed_input().astype(np.float64)
+    eps = 1e-5
+    grad = np.zeros_like(u0)
+    for i in np.ndindex(u0.shape):
+        step = np.zeros_like(u0)
+        step[i] = eps
+        up = np.sum(_mixed_reference(u0 + step) ** 2)
+        down = np.sum(_mixed_reference(u0 - step) ** 2)
+        grad[i] = (up - down) / (2 * eps)
+    return grad
+
+
+@functools.cache
+def _mixed():
+    """One mixed stencil shared by the cached programs below."""
+    return _mixed_stencil()
+
+
 @functools.cache
 def _mixed_jit():
-    """`jax.jit` of a mixed stencil, compiled once for
+    """`jax.jit` of the shared mixed stencil, compiled once for
     test_call_twice_and_trace_twice and test_jit_then_grad."""
-    return jax.jit(_mixed_stencil())
+    return jax.jit(_mixed())
 
 
 @functools.cache
-def _mixed_grad():
-    """`jax.jit(jax.grad(...))` of the mixed stencil's squared sum, compiled
-    once for test_jit_then_grad and test_filter_jit_with_stencil_as_argument
-    (its gradient program is the slowest to compile here)."""
-    stencil = _mixed_stencil()
-    return jax.jit(jax.grad(lambda u: jnp.sum(stencil(u) ** 2)))
+def _mixed_vmap():
+    """`jax.jit(jax.vmap(...))` of the shared mixed stencil (its second
+    trace), compiled once for test_call_twice_and_trace_twice and test_vmap."""
+    return jax.jit(jax.vmap(_mixed()))
 
 
 def test_call_twice_and_trace_twice():
     line = es.kmap(kernel_size=3, padding="same", relative=True)
     line = line.at[::2].set(lambda w: w[-1] * w[1]).at[1::2].set(lambda w: w[0] + 1)
-    u = jnp.arange(1.0, 8.0)
+    u = np.arange(1.0, 8.0, dtype=np.float32)
     expected_line = [0, 3, 8, 5, 24, 7, 0]
     np.testing.assert_array_equal(line(u), expected_line)  # eager
     np.testing.assert_array_equal(line(u), expected_line)  # and again
-    x = np.random.default_rng(5).normal(size=(6, 7)).astype(np.float32)
-    stencil = _mixed_stencil()
-    expected = _mixed_reference(x)
+    x = _mixed_input(5)
     first = _mixed_jit()
-    second = jax.jit(lambda u: stencil(u) * 1.0)
-    _check(first(jnp.asarray(x)), expected)
-    _check(second(jnp.asarray(x)), expected)
-    _check(first(jnp.asarray(x + 1)), _mixed_reference(x + 1))
+    _check(first(x), _mixed_reference(x))
+    _check(first(x + 1), _mixed_reference(x + 1))  # the same program, new values
+    # The same stencil traced a second time, in another program.
+    xs = np.stack([x - 1, x, x + 2])
+    _check(_mixed_vmap()(xs), np.stack([_mixed_reference(v) for v in xs]))
 
 
 def test_jit_then_grad():
-    x = jnp.asarray(np.random.default_rng(6).normal(size=(6, 7)).astype(np.float32))
+    x = _mixed_input()
     jitted = _mixed_jit()
-    _check(jitted(x), _mixed_reference(np.asarray(x)))  # compile the forward first
-    grad_outer = jax.grad(lambda u: jnp.sum(jitted(u) ** 2))(x)
-    grad_inner = _mixed_grad()(x)  # another stencil of the same table
-    _check(grad_outer, np.asarray(grad_inner))
+    _check(jitted(x), _mixed_reference(x))  # compile the forward first
+    grad_outer = jax.grad(lambda u: jnp.sum(jitted(u) ** 2))(jnp.asarray(x))
     # against central differences of the reference, in float64
-    u0 = np.asarray(x, np.float64)
-    direction = np.random.default_rng(7).normal(size=u0.shape)
-    eps = 1e-4
-
-    def ref_loss(u):
-        return np.sum(_mixed_reference(u) ** 2)
-
-    numeric = (ref_loss(u0 + eps * direction) - ref_loss(u0 - eps * direction)) / (
-        2 * eps
-    )
-    analytic = float(np.sum(np.asarray(grad_outer, np.float64) * direction))
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-3)
+    _check(grad_outer, _mixed_reference_grad())
 
 
 def test_filter_jit_with_stencil_as_argument():
-    x = np.random.default_rng(7).normal(size=(6, 7)).astype(np.float32)
+    x = _mixed_input()
 
     @eqx.filter_jit
     def apply(stencil, u):
@@ -659,22 +720,19 @@ def test_filter_jit_with_stencil_as_argument():
 
     mixed = _mixed_stencil()
     plain = es.kmap(lambda w: jnp.sum(w * w), kernel_size=(3, 3), padding="same")
-    _check(apply(mixed, jnp.asarray(x)), _mixed_reference(x))
+    _check(apply(mixed, x), _mixed_reference(x))
     _check(
-        apply(plain, jnp.asarray(x)),
+        apply(plain, x),
         reference_kmap(lambda w: np.sum(w * w), x, (3, 3), padding="same"),
     )
-    _check(apply(mixed, jnp.asarray(x)), _mixed_reference(x))
+    _check(apply(mixed, x), _mixed_reference(x))
     grad = eqx.filter_jit(eqx.filter_grad(lambda u, s: jnp.sum(s(u) ** 2)))
-    want = _mixed_grad()(jnp.asarray(x))
-    _check(grad(jnp.asarray(x), mixed), np.asarray(want))
+    _check(grad(jnp.asarray(x), mixed), _mixed_reference_grad())
 
 
 def test_vmap():
     xs = np.random.default_rng(8).normal(size=(3, 6, 7)).astype(np.float32)
-    stencil = _mixed_stencil()
-    out = jax.jit(jax.vmap(stencil))(jnp.asarray(xs))
-    _check(out, np.stack([_mixed_reference(x) for x in xs]))
+    _check(_mixed_vmap()(xs), np.stack([_mixed_reference(x) for x in xs]))
 
 
 # --------------------------------------------------------------------------
@@ -701,11 +759,14 @@ def _heat_stencil():
     )
 
 
-def _heat_by_hand(u, alpha):
+def _heat_by_hand(u, alpha, xp=jnp):
+    """One step written with array slices, in `xp` (jax.numpy or NumPy):
+    interior update, Neumann columns, then the Dirichlet rows (corners 0)."""
     lap = u[2:, 1:-1] + u[:-2, 1:-1] + u[1:-1, 2:] + u[1:-1, :-2] - 4 * u[1:-1, 1:-1]
-    out = jnp.zeros_like(u).at[1:-1, 1:-1].set(u[1:-1, 1:-1] + alpha * lap)
-    out = out.at[:, 0].set(u[:, 1]).at[:, -1].set(u[:, -2])
-    return out.at[0, :].set(0.0).at[-1, :].set(0.0)
+    interior = u[1:-1, 1:-1] + alpha * lap
+    middle = xp.concatenate([u[1:-1, 1:2], interior, u[1:-1, -2:-1]], axis=1)
+    zeros = xp.zeros_like(u[:1])
+    return xp.concatenate([zeros, middle, zeros], axis=0)
 
 
 def _solve(step, steps=4):
@@ -717,16 +778,25 @@ def _solve(step, steps=4):
 
 def test_heat_step_matches_hand_written():
     heat = _heat_stencil()
-    u = jnp.asarray(np.random.default_rng(9).random((7, 9)).astype(np.float32))
-    alpha = jnp.float32(0.2)
-    by_hand = np.asarray(jax.jit(_heat_by_hand)(u, alpha))
-    _check(jax.jit(heat)(u, alpha), by_hand, atol=1e-6)
-    solved = jax.jit(_solve(heat, 10))(u, alpha)
-    _check(solved, np.asarray(jax.jit(_solve(_heat_by_hand, 10))(u, alpha)), atol=1e-5)
-    alphas = jnp.asarray([0.05, 0.1, 0.2], jnp.float32)
-    batched = jax.jit(jax.vmap(heat, in_axes=(None, 0)))(u, alphas)
-    by_hand = jax.jit(jax.vmap(_heat_by_hand, in_axes=(None, 0)))(u, alphas)
-    _check(batched, np.asarray(by_hand), atol=1e-6)
+    u = np.random.default_rng(9).random((7, 9)).astype(np.float32)
+    alpha = np.float32(0.2)
+    alphas = np.asarray([0.05, 0.1, 0.2], np.float32)
+    # One step, ten steps in a loop and a batch over alpha in one program,
+    # against the same steps by hand in NumPy.
+    step, solved, batched = jax.jit(
+        lambda u, alpha, alphas: (
+            heat(u, alpha),
+            _solve(heat, 10)(u, alpha),
+            jax.vmap(heat, in_axes=(None, 0))(u, alphas),
+        )
+    )(u, alpha, alphas)
+    _check(step, _heat_by_hand(u, alpha, np), atol=1e-6)
+    by_hand = u
+    for _ in range(10):
+        by_hand = _heat_by_hand(by_hand, alpha, np)
+    _check(solved, by_hand, atol=1e-5)
+    by_hand = np.stack([_heat_by_hand(u, a, np) for a in alphas])
+    _check(batched, by_hand, atol=1e-6)
 
 
 def test_heat_gradients_match_hand_written():
@@ -737,8 +807,12 @@ def test_heat_gradients_match_hand_written():
     def loss(step):
         return lambda u, alpha: jnp.sum(jnp.sin(_solve(step)(u, alpha)))
 
-    got = jax.jit(jax.grad(loss(heat), argnums=(0, 1)))(u, alpha)
-    want = jax.jit(jax.grad(loss(_heat_by_hand), argnums=(0, 1)))(u, alpha)
+    got, want = jax.jit(  # both gradients in one program
+        lambda u, alpha: [
+            jax.grad(loss(step), argnums=(0, 1))(u, alpha)
+            for step in (heat, _heat_by_hand)
+        ]
+    )(u, alpha)
     _check(got[0], np.asarray(want[0]), atol=1e-5)
     _check(got[1], np.asarray(want[1]), rtol=1e-4, atol=1e-4)
 
@@ -746,9 +820,9 @@ def test_heat_gradients_match_hand_written():
 @pytest.mark.parametrize(
     "wrt, steps",
     [
-        # second order through one step of the region stencil: the loop is
-        # linear plumbing, checked at first order against the hand-written
-        # solver by test_heat_gradients_match_hand_written
+        # second order through one step of the region stencil (no loop): the
+        # loop is linear plumbing, checked at first order against the
+        # hand-written solver by test_heat_gradients_match_hand_written
         ("u", 1),
         # breadth (tests_thorough): three steps of the loop at second order;
         # alpha at first order (the fast test_heat_gradients_match_hand_written
@@ -763,7 +837,7 @@ def test_heat_check_grads(wrt, steps):
         u = jnp.asarray(np.random.default_rng(11).random((6, 7)))
         alpha = jnp.asarray(0.2)
         assert u.dtype == jnp.float64
-        solve = jax.jit(_solve(heat, steps))
+        solve = jax.jit(heat if steps == 1 else _solve(heat, steps))
         if wrt == "u":
             check_grads(lambda v: solve(v, alpha), (u,), order=2, modes=["fwd", "rev"])
         else:
