@@ -14,6 +14,7 @@ instead of signalling would give a wrong answer here.
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import equinox as eqx
@@ -227,14 +228,31 @@ def lowering(request, monkeypatch):
     return request.param, applied
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES)
-@pytest.mark.parametrize("mode", MODES)
-def test_protocols_match_plain_window(mode, lowering, geometry):
-    def func(w):
-        return {name: protocol(w) for name, protocol in PROTOCOLS.items()}
+def _mode_lowerings():
+    """(mode, lowering) pairs: every mode with the unrolled lowering; with
+    `vmap`, "absolute" (int keys) and "named" (relative, with names) in the
+    fast suite, "relative" and "named_absolute" breadth (tests_thorough): the
+    fast cases check each mode's keys with the unrolled lowering and both
+    kinds of keys (absolute, relative) with `vmap`."""
+    return [
+        pytest.param(mode, kind, id=f"{kind}-{mode}")
+        if kind == "unrolled" or mode in ("absolute", "named")
+        else pytest.param(mode, kind, id=f"{kind}-{mode}", marks=pytest.mark.thorough)
+        for kind in ("unrolled", "vmap")
+        for mode in MODES
+    ]
 
-    out = es.kmap(func, **geometry, **MODES[mode])(jnp.asarray(X))
-    assert_trees_match(out, reference_tree(func, X, geometry, key="protocols"))
+
+def _all_protocols(w):
+    return {name: protocol(w) for name, protocol in PROTOCOLS.items()}
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("mode, lowering", _mode_lowerings(), indirect=["lowering"])
+def test_protocols_match_plain_window(mode, lowering, geometry):
+    out = es.kmap(_all_protocols, **geometry, **MODES[mode])(jnp.asarray(X))
+    expected = reference_tree(_all_protocols, X, geometry, key="protocols")
+    assert_trees_match(out, expected)
     kind, applied = lowering
     if kind == "unrolled":  # these protocols all have exact plane rules
         assert applied and all(applied)
@@ -248,18 +266,46 @@ def test_protocols_match_plain_window(mode, lowering, geometry):
     [m if m == "named" else pytest.param(m, marks=pytest.mark.thorough) for m in MODES],
 )
 def test_protocols_match_plain_window_multifield(mode, lowering, geometry):
+    # In the fast case ("named") each protocol runs once, on one field, in one
+    # lowering: protocol n with the unrolled lowering for even n and `vmap`
+    # for odd n, on the first field for n // 2 even and the second otherwise.
+    # Each lowering reads both fields, and every protocol reads a window of a
+    # pytree, at a quarter of the program; the single-field test checks every
+    # protocol with both lowerings in every mode. The other modes (breadth,
+    # tests_thorough) run every protocol on both fields with both lowerings.
+    kind, _ = lowering
+    if mode == "named":
+        parity = 0 if kind == "unrolled" else 1
+        runs = {
+            name: [(number // 2) % 2]
+            for number, name in enumerate(PROTOCOLS)
+            if number % 2 == parity
+        }
+    else:
+        runs = {name: [0, 1] for name in PROTOCOLS}
+
     def func(windows):
         u, v = windows  # unpacking the pytree of windows
-        return {name: (p(u), p(v)) for name, p in PROTOCOLS.items()}
+        return {
+            name: tuple(PROTOCOLS[name]((u, v)[field]) for field in fields)
+            for name, fields in runs.items()
+        }
 
     fields = (jnp.asarray(X), jnp.asarray(Y))
     out = es.kmap(func, **geometry, **MODES[mode])(fields)
-    expected = reference_tree(func, (X, Y), geometry, key="multifield")
+    # The same expressions on the plain windows of each field: the
+    # single-field references (one program, shared with the test above).
+    on_x = reference_tree(_all_protocols, X, geometry, key="protocols")
+    on_y = reference_tree(_all_protocols, Y, geometry, key=("protocols", "Y"))
+    expected = {
+        name: tuple((on_x, on_y)[field][name] for field in fields)
+        for name, fields in runs.items()
+    }
     assert_trees_match(out, expected)
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode, lowering", _mode_lowerings(), indirect=["lowering"])
 def test_indexing_forms_match_plain_window(mode, lowering, geometry):
     forms = indexing_forms(mode)
 
@@ -280,7 +326,10 @@ def test_indexing_forms_match_plain_window(mode, lowering, geometry):
         }
 
     out = es.kmap(func, **geometry, **MODES[mode])(jnp.asarray(X))
-    expected = reference_tree(plain, X, geometry, key=("indexing", mode))
+    # The plain keys are the same in every mode but "absolute" (which adds
+    # negative indices).
+    key = ("indexing", mode == "absolute")
+    expected = reference_tree(plain, X, geometry, key=key)
     assert_trees_match(out, expected)
 
 
@@ -298,20 +347,28 @@ def test_tap_keys_take_the_shift_lowering(mode, monkeypatch):
         **GEOMETRY,
         **MODES[mode],
     )(jnp.asarray(X))
-    expected = reference_tree(
-        lambda p: {name: p[plain] for name, (_, plain) in keys.items()}, X
+    expected = reference_tree(  # the same plain keys in every mode
+        lambda p: {name: p[plain] for name, (_, plain) in keys.items()},
+        X,
+        key="tap_keys",
     )
     assert_trees_match(out, expected)
+
+
+@functools.cache
+def _traced_error(name: str) -> type:
+    """The exception type `RAISING[name]` raises for a traced array (the same
+    in every mode's case: computed once)."""
+    with pytest.raises(Exception) as traced:
+        jax.jit(RAISING[name])(jnp.asarray(W))
+    return type(traced.value)
 
 
 @pytest.mark.parametrize("name", RAISING)
 @pytest.mark.parametrize("mode", MODES)
 def test_raising_protocols_raise_as_for_a_traced_array(name, mode):
-    protocol = RAISING[name]
-    with pytest.raises(Exception) as traced:
-        jax.jit(protocol)(jnp.asarray(W))
-    with pytest.raises(type(traced.value)):
-        es.kmap(protocol, **GEOMETRY, **MODES[mode])(jnp.asarray(X))
+    with pytest.raises(_traced_error(name)):
+        es.kmap(RAISING[name], **GEOMETRY, **MODES[mode])(jnp.asarray(X))
 
 
 OUTSIDE = {
