@@ -17,6 +17,7 @@ from reference import (
 )
 
 import eqx_stencil as es
+from eqx_stencil import _lower
 
 
 MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
@@ -89,12 +90,6 @@ def configs(draw, max_rank: int = 3, max_taps: int = 16):
         ),
         seed=seed,
     )
-
-
-def kmap_jit(func, **kwargs):
-    """`jax.jit` of `es.kmap(...)`: one compile per example, much faster on CPU
-    than eager evaluation (which compiles every primitive for every new shape)."""
-    return jax.jit(es.kmap(func, **kwargs))
 
 
 def _input(config, dtype=np.float32):
@@ -201,37 +196,44 @@ def test_tap_function_matches_reference(config, relative, data):
 
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(config=configs(), data=st.data())
-def test_weighted_sum_matches_reference(config, data):
+def test_window_functions_match_reference(config, data):
+    """Five kmaps of one geometry, in one program per example: a weighted sum
+    and `max` (window lowering), the window itself (patches, section (c)),
+    random relative taps (section (d)), and a weighted sum of a relatively
+    indexed window used as a whole, which is in natural order."""
     kernel = _kernel(config)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1)))
     weights = rng.normal(size=kernel).astype(np.float32)
+    ramp = np.arange(1, np.prod(kernel) + 1, dtype=np.float32).reshape(kernel)
+    taps = _random_taps(data.draw, kernel, True, data.draw(st.integers(1, 5)))
+
+    def offsets(w):
+        return sum(weight * w[tap] for tap, weight in taps)
+
+    def identity(w):
+        return w
+
     x = _input(config)
-    actual = kmap_jit(lambda w: jnp.sum(w * weights), **config["kwargs"])(x)
-    expected = reference_kmap(lambda w: np.sum(w * weights), x, **config["kwargs"])
-    _check(actual, expected)
-
-
-@settings(max_examples=EXAMPLES, deadline=None)
-@given(config=configs())
-def test_max_matches_reference(config):
-    x = _input(config)
-    actual = kmap_jit(jnp.max, **config["kwargs"])(x)
-    expected = reference_kmap(np.max, x, **config["kwargs"])
-    _check(actual, expected)
-
-
-@settings(max_examples=15, deadline=None)
-@given(config=configs(max_rank=2))
-def test_whole_window_relative_matches_reference(config):
-    """With relative=True the window used as a whole is in natural order."""
-    kernel = _kernel(config)
-    weights = np.arange(1, np.prod(kernel) + 1, dtype=np.float32).reshape(kernel)
-    x = _input(config)
-    actual = kmap_jit(lambda w: (w * weights).sum(), relative=True, **config["kwargs"])(
-        x
+    kwargs = config["kwargs"]
+    functions = (  # (relative, the JAX function, its NumPy reference)
+        (False, lambda w: jnp.sum(w * weights), lambda w: np.sum(w * weights)),
+        (False, jnp.max, np.max),
+        (False, identity, identity),
+        (True, offsets, relative_func(offsets)),
+        (True, lambda w: (w * ramp).sum(), lambda w: np.sum(w * ramp)),
     )
-    expected = reference_kmap(lambda w: np.sum(w * weights), x, **config["kwargs"])
-    _check(actual, expected)
+    outs = jax.jit(
+        lambda x: [
+            es.kmap(func, relative=relative, **kwargs)(x)
+            for relative, func, _ in functions
+        ]
+    )(x)
+    for (_, func, ref), actual in zip(functions, outs):
+        expected = reference_kmap(ref, x, **kwargs)
+        if func is identity:  # patches are copies: exact
+            _check(actual, expected, rtol=0, atol=0)
+        else:
+            _check(actual, expected)
 
 
 def test_reduction_of_relative_window_matches_reference():
@@ -284,32 +286,86 @@ WINDOW_FUNCTIONS = {  # name: (the JAX function, its NumPy reference)
 }
 
 
+# The functions without exact plane rules: the unrolled lowering leaves their
+# windows to `vmap`.
+VMAP_LOWERED = ("median", "argmax", "sort", "cumsum")
+
+
 @pytest.mark.parametrize(
     "shape, kwargs",
     [
         # 1d: every function is the 2d case's; 1-D windows and reflect are
-        # the hypothesis tests' (test_max_matches_reference, ...).
+        # the hypothesis tests' (test_window_functions_match_reference, ...).
         pytest.param(
             (7,),
             dict(kernel_size=3, padding="same", boundary="reflect"),
             marks=pytest.mark.thorough,
         ),
-        ((5, 6), dict(kernel_size=(2, 3), strides=(2, 1), padding=1, boundary="wrap")),
+        # 2d: a corner box and boundary strips on both sides (padding below
+        # in dim 0, above in dim 1): four boxes (padding 1 on every side would
+        # make six, half as much program again, for no other window)
+        (
+            (5, 6),
+            dict(
+                kernel_size=(2, 3),
+                strides=(2, 1),
+                padding=((1, 0), (0, 1)),
+                boundary="wrap",
+            ),
+        ),
     ],
     ids=["1d", "2d"],
 )
-def test_whole_window_functions_match_reference(shape, kwargs):
+def test_whole_window_functions_match_reference(shape, kwargs, monkeypatch):
     """Common whole-window functions (reductions broadcast back, sorts, ...).
 
-    Every function's kmap in one program (one compile), each against the
-    NumPy reference of the function."""
+    Two kmaps with a dict output in one program (one compile): the functions
+    the unrolled lowering computes, and those it leaves to `vmap`, so that
+    each function takes the lowering it takes alone (checked here), at half
+    the program of a kmap per function. Each against the NumPy reference of
+    the function."""
+    applied: list[bool] = []
+    unroll = _lower.unroll
+
+    def spy(*args, **kwargs):
+        out = unroll(*args, **kwargs)
+        applied.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_lower, "unroll", spy)
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    outs = jax.jit(
-        lambda x: {
-            name: es.kmap(func, **kwargs)(x)
-            for name, (func, _) in WINDOW_FUNCTIONS.items()
-        }
-    )(x)
+    # Each of VMAP_LOWERED falls back to `vmap` on its own (a trace, of the
+    # same window without padding: one box).
+    for name in VMAP_LOWERED:
+        applied.clear()
+        alone = es.kmap(WINDOW_FUNCTIONS[name][0], kernel_size=kwargs["kernel_size"])
+        jax.eval_shape(alone, x)
+        assert applied and not any(applied), name
+    groups = {
+        "vmap": VMAP_LOWERED,
+        "unrolled": [name for name in WINDOW_FUNCTIONS if name not in VMAP_LOWERED],
+    }
+    lowerings = {}
+
+    def apply_groups(x):
+        outs = {}
+        for kind, names in groups.items():
+            applied.clear()
+            outs.update(
+                es.kmap(
+                    lambda w, names=names: {
+                        name: WINDOW_FUNCTIONS[name][0](w) for name in names
+                    },
+                    **kwargs,
+                )(x)
+            )
+            lowerings[kind] = list(applied)
+        return outs
+
+    outs = jax.jit(apply_groups)(x)
+    assert lowerings["unrolled"] and all(lowerings["unrolled"])
+    assert lowerings["vmap"] and not any(lowerings["vmap"])
+    assert sorted(outs) == sorted(WINDOW_FUNCTIONS)
     for name, actual in outs.items():
         ref = WINDOW_FUNCTIONS[name][1]
         expected = reference_kmap(ref, x.astype(np.float64), **kwargs)
@@ -328,7 +384,7 @@ def test_python_scalar_result_of_whole_window_function():
 
 def test_constant_function_after_a_patches_stencil():
     """The plan chosen for a stencil must not depend on earlier stencils."""
-    x = jnp.arange(4.0)
+    x = jnp.asarray(np.arange(4.0, dtype=np.float32))
     np.testing.assert_array_equal(
         es.kmap(lambda w: w, kernel_size=2)(x), [[0, 1], [1, 2], [2, 3]]
     )
@@ -341,46 +397,33 @@ def test_constant_function_after_a_patches_stencil():
 # (c) array outputs: patches.
 
 
-@settings(max_examples=EXAMPLES, deadline=None)
-@given(config=configs())
-def test_patches_match_reference(config):
-    x = _input(config)
-    actual = kmap_jit(lambda w: w, **config["kwargs"])(x)
-    expected = reference_kmap(lambda w: w, x, **config["kwargs"])
-    _check(actual, expected, rtol=0, atol=0)
+# (test_window_functions_match_reference checks patches.)
 
 
 @settings(max_examples=15, deadline=None)
 @given(config=configs(max_rank=2))
-def test_vector_output_matches_reference(config):
-    """A function returning a small vector of taps and reductions."""
-    x = _input(config)
-    actual = kmap_jit(
-        lambda w: jnp.stack([jnp.min(w), jnp.mean(w), w.ravel()[0]]),
-        **config["kwargs"],
-    )(x)
-    expected = reference_kmap(
-        lambda w: np.stack([np.min(w), np.mean(w), w.ravel()[0]]),
-        x,
-        **config["kwargs"],
-    )
-    _check(actual, expected)
-
-
-@settings(max_examples=15, deadline=None)
-@given(config=configs(max_rank=2))
-def test_tap_vector_output_matches_reference(config):
-    """Tap indexing that returns an array (stack of taps) per window."""
+def test_vector_outputs_match_reference(config):
+    """A function returning a small vector of taps and reductions (window
+    lowering), and tap indexing that returns a stack of taps per window
+    (shift lowering), in one program per example."""
     x = _input(config)
     last = tuple(-1 for _ in config["shape"])
     first = tuple(0 for _ in config["shape"])
-    actual = kmap_jit(lambda w: jnp.stack([w[first], 2 * w[last]]), **config["kwargs"])(
-        x
-    )
+    kwargs = config["kwargs"]
+    reduced, taps = jax.jit(
+        lambda x: (
+            es.kmap(
+                lambda w: jnp.stack([jnp.min(w), jnp.mean(w), w.ravel()[0]]), **kwargs
+            )(x),
+            es.kmap(lambda w: jnp.stack([w[first], 2 * w[last]]), **kwargs)(x),
+        )
+    )(x)
     expected = reference_kmap(
-        lambda w: np.stack([w[first], 2 * w[last]]), x, **config["kwargs"]
+        lambda w: np.stack([np.min(w), np.mean(w), w.ravel()[0]]), x, **kwargs
     )
-    _check(actual, expected)
+    _check(reduced, expected)
+    expected = reference_kmap(lambda w: np.stack([w[first], 2 * w[last]]), x, **kwargs)
+    _check(taps, expected)
 
 
 def test_relative_patches_are_in_natural_order():
@@ -394,19 +437,7 @@ def test_relative_patches_are_in_natural_order():
 # (d) relative indexing with random in-range offsets.
 
 
-@settings(max_examples=EXAMPLES, deadline=None)
-@given(config=configs(), data=st.data())
-def test_relative_offsets_match_reference(config, data):
-    kernel = _kernel(config)
-    taps = _random_taps(data.draw, kernel, True, data.draw(st.integers(1, 5)))
-
-    def func(w):
-        return sum(weight * w[tap] for tap, weight in taps)
-
-    x = _input(config)
-    actual = kmap_jit(func, relative=True, **config["kwargs"])(x)
-    expected = reference_kmap(relative_func(func), x, **config["kwargs"])
-    _check(actual, expected)
+# (test_window_functions_match_reference checks random relative offsets.)
 
 
 def test_relative_anchor_is_center_for_odd_and_left_center_for_even():
@@ -437,40 +468,25 @@ def _named_key(name: str, offset: int) -> str:
 
 @settings(max_examples=20, deadline=None)
 @given(config=configs(), data=st.data())
-def test_full_named_axis_matches_reference(config, data):
+def test_named_axis_matches_reference(config, data):
+    """Full naming (keys in any order) and partial naming (named dims may
+    still take ints) of one geometry, in one program per example."""
     kernel = _kernel(config)
     rank = len(kernel)
     names = data.draw(st.permutations(NAMES[:rank]))
-    named_axis = dict(enumerate(names))
-    taps = _random_taps(data.draw, kernel, True, data.draw(st.integers(1, 4)))
-    keys = []
-    for tap, weight in taps:
+    full_axis = dict(enumerate(names))
+    full_taps = _random_taps(data.draw, kernel, True, data.draw(st.integers(1, 4)))
+    full_keys = []
+    for tap, weight in full_taps:
         order = data.draw(st.permutations(range(rank)))  # keys in any order
         key = tuple(_named_key(names[dim], tap[dim]) for dim in order)
-        keys.append((key, weight))
+        full_keys.append((key, weight))
 
-    def func(w):
-        return sum(weight * w[key] for key, weight in keys)
-
-    def ref(w):
-        return sum(weight * w[tap] for tap, weight in taps)
-
-    x = _input(config)
-    actual = kmap_jit(func, relative=True, named_axis=named_axis, **config["kwargs"])(x)
-    expected = reference_kmap(relative_func(ref), x, **config["kwargs"])
-    _check(actual, expected)
-
-
-@settings(max_examples=20, deadline=None)
-@given(config=configs(), data=st.data())
-def test_partial_named_axis_matches_reference(config, data):
-    kernel = _kernel(config)
-    rank = len(kernel)
     named_dims = data.draw(st.sets(st.integers(0, rank - 1), min_size=1, max_size=rank))
-    named_axis = {dim: NAMES[dim] for dim in sorted(named_dims)}
-    taps = _random_taps(data.draw, kernel, True, data.draw(st.integers(1, 4)))
-    keys = []
-    for tap, weight in taps:
+    partial_axis = {dim: NAMES[dim] for dim in sorted(named_dims)}
+    partial_taps = _random_taps(data.draw, kernel, True, data.draw(st.integers(1, 4)))
+    partial_keys = []
+    for tap, weight in partial_taps:
         # Named dims may still be indexed by int; strings stand at their dim.
         key = tuple(
             _named_key(NAMES[dim], offset)
@@ -478,38 +494,47 @@ def test_partial_named_axis_matches_reference(config, data):
             else offset
             for dim, offset in enumerate(tap)
         )
-        keys.append((key, weight))
+        partial_keys.append((key, weight))
 
-    def func(w):
-        return sum(weight * w[key] for key, weight in keys)
-
-    def ref(w):
-        return sum(weight * w[tap] for tap, weight in taps)
+    def weighted(keys):
+        return lambda w: sum(weight * w[key] for key, weight in keys)
 
     x = _input(config)
-    actual = kmap_jit(func, relative=True, named_axis=named_axis, **config["kwargs"])(x)
-    expected = reference_kmap(relative_func(ref), x, **config["kwargs"])
-    _check(actual, expected)
+    kwargs = config["kwargs"]
+    full, partial = jax.jit(
+        lambda x: (
+            es.kmap(weighted(full_keys), relative=True, named_axis=full_axis, **kwargs)(
+                x
+            ),
+            es.kmap(
+                weighted(partial_keys), relative=True, named_axis=partial_axis, **kwargs
+            )(x),
+        )
+    )(x)
+    for actual, taps in ((full, full_taps), (partial, partial_taps)):
+        expected = reference_kmap(relative_func(weighted(taps)), x, **kwargs)
+        _check(actual, expected)
 
 
 def test_named_axis_kernex_examples():
     """`x["j+1", "i"]` (full naming, any order) and `x["i+1", -1]` (partial)."""
     x = np.arange(20.0, dtype=np.float32).reshape(4, 5)
     kwargs = dict(kernel_size=3, padding="same", boundary="symmetric")
-    full = es.kmap(
+    full_stencil = es.kmap(
         lambda w: w["j+1", "i"] - w["i-1", "j"],
         relative=True,
         named_axis={0: "i", 1: "j"},
         **kwargs,
-    )(x)
-    expected = reference_kmap(relative_func(lambda w: w[0, 1] - w[-1, 0]), x, **kwargs)
-    _check(full, expected)
-    partial = es.kmap(
+    )
+    partial_stencil = es.kmap(
         lambda w: w["i+1", -1] + 10 * w[0, 1],
         relative=True,
         named_axis={0: "i"},
         **kwargs,
-    )(x)
+    )
+    full, partial = jax.jit(lambda x: (full_stencil(x), partial_stencil(x)))(x)
+    expected = reference_kmap(relative_func(lambda w: w[0, 1] - w[-1, 0]), x, **kwargs)
+    _check(full, expected)
     expected = reference_kmap(
         relative_func(lambda w: w[1, -1] + 10 * w[0, 1]), x, **kwargs
     )
