@@ -21,10 +21,8 @@ CPU = {"JAX_PLATFORMS": "cpu"}
 # the compiled HLO is that a lone instruction is not wrapped in a fusion of
 # its own, and every test that inspects compiled HLO also passes with XLA's
 # defaults. tests_thorough compiles with the defaults, as users' programs are.
-FAST_COMPILE = {
-    **CPU,
-    "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false",
-}
+FAST_XLA = ["--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"]
+FAST_COMPILE = {**CPU, "XLA_FLAGS": " ".join(FAST_XLA)}
 # Two workers that steal tests from each other; each hypothesis test draws a
 # quarter of its max_examples (tests_thorough draws all of them); a fixed
 # hypothesis seed makes CI reproducible (plain `pytest` draws fresh examples
