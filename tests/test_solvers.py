@@ -92,16 +92,19 @@ def test_filter_grad_through_solver_matches_hand_written(checkpoint_every):
     def hand_loss(kappa):
         return jnp.mean((hand_solve(kappa, u0, steps) - target) ** 2)
 
-    actual = eqx.filter_jit(grad)(HeatSolver(kappa))
-    np.testing.assert_allclose(
-        actual.kappa, jax.grad(hand_loss)(kappa), rtol=1e-4, atol=1e-9
-    )
-    np.testing.assert_allclose(
-        HeatSolver(kappa)(u0, steps, checkpoint_every),
-        hand_solve(kappa, u0, steps),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    # Both gradients and both solutions in one program (one compile).
+    @eqx.filter_jit
+    def everything(kappa):
+        return (
+            grad(HeatSolver(kappa)).kappa,
+            jax.grad(hand_loss)(kappa),
+            HeatSolver(kappa)(u0, steps, checkpoint_every),
+            hand_solve(kappa, u0, steps),
+        )
+
+    actual, expected, solution, hand_solution = everything(kappa)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(solution, hand_solution, rtol=1e-5, atol=1e-6)
 
 
 def test_check_grads_through_solver():
@@ -110,8 +113,10 @@ def test_check_grads_through_solver():
 
     with jax.enable_x64(True):
         u0, kappa, _ = problem(6, seed=1)
-        u0, kappa = u0.astype(jnp.float64), kappa.astype(jnp.float64)
-        check_grads(solve, (kappa, u0), order=1, modes=("fwd", "rev"))
+        u0, kappa = np.asarray(u0, np.float64), np.asarray(kappa, np.float64)
+        # Jitted: the solver and its derivatives each compile once instead of
+        # one program per primitive.
+        check_grads(jax.jit(solve), (kappa, u0), order=1, modes=("fwd", "rev"))
 
 
 def test_thousand_steps_gradient_runs_and_descends():
@@ -121,12 +126,17 @@ def test_thousand_steps_gradient_runs_and_descends():
     def loss(solver):
         return jnp.mean((solver(u0, 1000, 32) - target) ** 2)
 
-    solver = HeatSolver(kappa)
-    value, grads = eqx.filter_jit(eqx.filter_value_and_grad(loss))(solver)
-    assert np.isfinite(value) and np.all(np.isfinite(grads.kappa))
-    scale = 1e-3 / jnp.max(jnp.abs(grads.kappa))
-    stepped = eqx.apply_updates(solver, jax.tree.map(lambda g: -scale * g, grads))
-    assert eqx.filter_jit(loss)(stepped) < value
+    # The gradient, the step and the stepped loss in one program.
+    @eqx.filter_jit
+    def descend(solver):
+        value, grads = eqx.filter_value_and_grad(loss)(solver)
+        scale = 1e-3 / jnp.max(jnp.abs(grads.kappa))
+        stepped = eqx.apply_updates(solver, jax.tree.map(lambda g: -scale * g, grads))
+        return value, grads.kappa, loss(stepped)
+
+    value, grads, stepped_value = descend(HeatSolver(kappa))
+    assert np.isfinite(value) and np.all(np.isfinite(grads))
+    assert stepped_value < value
 
 
 def gradient_temp_bytes(n, steps, checkpoint_every):
@@ -154,10 +164,19 @@ def test_checkpointing_bounds_gradient_memory_at_512_squared():
 
 def test_iterate_blocks_and_remainder_equal_plain_loop():
     u0, kappa, _ = problem(10)
-    plain = HeatSolver(kappa)(u0, 23)
-    for every in (1, 5, 23, 40):
-        np.testing.assert_allclose(HeatSolver(kappa)(u0, 23, every), plain, rtol=1e-6)
-    np.testing.assert_array_equal(es.iterate(lambda u: u + 1, u0, 0), u0)
+    everies = (1, 5, 23, 40)
+
+    # The plain loop and every blocking in one program (one compile).
+    @jax.jit
+    def solve_all(kappa, u0):
+        solver = HeatSolver(kappa)
+        blocked = [solver(u0, 23, every) for every in everies]
+        return solver(u0, 23), blocked, es.iterate(lambda u: u + 1, u0, 0)
+
+    plain, blocked, unchanged = solve_all(kappa, u0)
+    for out in blocked:
+        np.testing.assert_allclose(out, plain, rtol=1e-6)
+    np.testing.assert_array_equal(unchanged, u0)
 
 
 def test_iterate_errors():
