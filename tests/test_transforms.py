@@ -14,7 +14,8 @@ import eqx_stencil as es
 
 
 def _x(shape, seed=0):
-    return jax.random.normal(jax.random.PRNGKey(seed), shape)
+    """A NumPy input: no eager `jax.random` program per shape."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 def laplacian(w):
@@ -30,6 +31,14 @@ def _hand_laplacian_wrap(u):
         + jnp.roll(u, 1, 1)
         - 4 * u
     )
+
+
+def _hand_laplacian_wrap_np(u):
+    """The same periodic Laplacian in NumPy."""
+    return (
+        np.roll(u, -1, 0) + np.roll(u, 1, 0) + np.roll(u, -1, 1) + np.roll(u, 1, 1)
+        - 4 * u
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------
@@ -48,8 +57,9 @@ def test_jit_matches_eager_and_reference():
     np.testing.assert_allclose(
         jax.jit(lambda a: stencil(a))(x), expected, rtol=1e-5, atol=1e-5
     )
-    np.testing.assert_allclose(stencil(x), expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(stencil(x), _hand_laplacian_wrap(x), atol=1e-5)
+    eager = stencil(x)
+    np.testing.assert_allclose(eager, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(eager, _hand_laplacian_wrap_np(x), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -64,15 +74,11 @@ def test_vmap_over_a_batch_of_inputs(func, np_func):
     kwargs = dict(kernel_size=(2, 3), strides=(1, 2), padding=1, boundary="reflect")
     stencil = es.kmap(func, **kwargs)
     xs = _x((3, 5, 6))
-    out = jax.vmap(stencil)(xs)
+    # Both batchings traced separately, compiled as one program.
+    outs = jax.jit(lambda xs: (jax.vmap(stencil)(xs), eqx.filter_vmap(stencil)(xs)))(xs)
     expected = np.stack([reference_kmap(np_func, np.asarray(x), **kwargs) for x in xs])
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(
-        eqx.filter_vmap(stencil)(xs), expected, rtol=1e-5, atol=1e-5
-    )
-    np.testing.assert_allclose(
-        jax.jit(jax.vmap(stencil))(xs), expected, rtol=1e-5, atol=1e-5
-    )
+    for out in outs:
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_vmap_over_extra_argument():
@@ -100,12 +106,14 @@ def test_grad_wrt_input_matches_hand_written():
     def loss(fn):
         return lambda a: jnp.sum(jnp.sin(fn(a)) * g)
 
-    np.testing.assert_allclose(
-        jax.jit(jax.grad(loss(stencil)))(x),
-        jax.jit(jax.grad(loss(_hand_laplacian_wrap)))(x),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    # Both gradients in one program.
+    actual, expected = jax.jit(
+        lambda a: (
+            jax.grad(loss(stencil))(a),
+            jax.grad(loss(_hand_laplacian_wrap))(a),
+        )
+    )(x)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def _weighted_sum_grad_reference(x, g, kernel, **kwargs):
@@ -134,8 +142,13 @@ def test_grad_wrt_positional_and_keyword_weights(boundary):
     w = _x((3, 2), seed=1)
     g = _x((3, 4), seed=2)
     expected = _weighted_sum_grad_reference(x, g, (3, 2), **kwargs)
-    grad_pos = jax.grad(lambda w: jnp.sum(stencil(x, w) * g))(w)
-    grad_kw = jax.jit(jax.grad(lambda w: jnp.sum(stencil_kw(x, w=w) * g)))(w)
+    # Both gradients in one program.
+    grad_pos, grad_kw = jax.jit(
+        lambda w: (
+            jax.grad(lambda w: jnp.sum(stencil(x, w) * g))(w),
+            jax.grad(lambda w: jnp.sum(stencil_kw(x, w=w) * g))(w),
+        )
+    )(w)
     np.testing.assert_allclose(grad_pos, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grad_kw, expected, rtol=1e-5, atol=1e-5)
 
@@ -150,19 +163,23 @@ def test_grad_wrt_tap_coefficients():
     )
     x = _x((7,))
     g = _x((7,), seed=1)
-    c = jnp.array([0.5, -1.0])
-    grad = jax.grad(lambda c: jnp.sum(stencil(x, c) * g))(c)
-    patches = reference_kmap(lambda w: w, np.asarray(x), 3, padding=1, boundary="edge")
-    expected = [np.sum(g * patches[:, 0]), np.sum(g * patches[:, 2])]
-    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
-    # And against the keyword form, under jit.
+    c = np.array([0.5, -1.0], np.float32)
+    # And the keyword form: both gradients in one program.
     stencil_kw = es.kmap(
         lambda win, *, c: c[0] * win[0] + c[1] * win[2],
         kernel_size=3,
         padding=1,
         boundary="edge",
     )
-    grad_kw = jax.jit(jax.grad(lambda c: jnp.sum(stencil_kw(x, c=c) * g)))(c)
+    grad, grad_kw = jax.jit(
+        lambda c: (
+            jax.grad(lambda c: jnp.sum(stencil(x, c) * g))(c),
+            jax.grad(lambda c: jnp.sum(stencil_kw(x, c=c) * g))(c),
+        )
+    )(c)
+    patches = reference_kmap(lambda w: w, np.asarray(x), 3, padding=1, boundary="edge")
+    expected = [np.sum(g * patches[:, 0]), np.sum(g * patches[:, 2])]
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grad_kw, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -214,7 +231,8 @@ GRAD_CASES = [
 ]
 
 
-# The fast suite checks every case at first order (~4 compilations each) and
+# The fast suite checks cases 0, 1 and 2 at first order together, in one
+# program (test_check_grads_first_order), and every case at
 # second order (~14 compilations of a program of many tiles: 10 to 20 s
 # each) on 1D inputs in test_check_grads_second_order_shift_lowering and
 # test_check_grads_wrt_weights (the window lowering): padding, boundary
@@ -227,8 +245,10 @@ GRAD_CASES = [
 def _grad_params():
     params = []
     for number, (func, kernel_size, kwargs, order) in enumerate(GRAD_CASES):
-        breadth = [pytest.mark.thorough] if number in (3, 4, 5, 6) else []
-        params.append(pytest.param(func, kernel_size, kwargs, 1, marks=breadth))
+        if number in (3, 4, 5, 6):
+            params.append(
+                pytest.param(func, kernel_size, kwargs, 1, marks=pytest.mark.thorough)
+            )
         if order == 2:
             params.append(
                 pytest.param(func, kernel_size, kwargs, 2, marks=pytest.mark.thorough)
@@ -241,6 +261,26 @@ def test_check_grads(func, kernel_size, kwargs, order):
     stencil = es.kmap(func, kernel_size=kernel_size, **kwargs)
     x = _x((4, 5))
     check_grads(jax.jit(stencil), (x,), order=order, modes=["fwd", "rev"], atol=1e-2)
+
+
+def test_check_grads_first_order():
+    """Cases 0 (wrap), 1 (reflect) and 2 (constant) at first order, as the
+    outputs of one program: one compilation per derivative instead of three."""
+    stencils = [
+        es.kmap(func, kernel_size=kernel_size, **kwargs)
+        for func, kernel_size, kwargs, _ in GRAD_CASES[:3]
+    ]
+    # In float64: the three outputs' finite differences add up in the checked
+    # projection, and float32 rounding alone would reach the tolerance.
+    with jax.enable_x64(True):
+        x = _x((4, 5)).astype(np.float64)
+        check_grads(
+            jax.jit(lambda a: tuple(stencil(a) for stencil in stencils)),
+            (x,),
+            order=1,
+            modes=["fwd", "rev"],
+            atol=1e-2,
+        )
 
 
 def test_check_grads_second_order_shift_lowering():
@@ -327,20 +367,21 @@ def test_filter_grad_into_module_function_window_lowering():
     def grads(stencil, x):
         return jnp.sum(stencil(x) * g)
 
-    out = grads(stencil, x)
+    # Under filter_jit: one program instead of one per primitive.
+    out = eqx.filter_jit(grads)(stencil, x)
     assert isinstance(out, es.Stencil)
     expected = _weighted_sum_grad_reference(x, g, (3, 3), **kwargs)
     np.testing.assert_allclose(out.func.weight, expected, rtol=1e-5, atol=1e-5)
-    jitted = eqx.filter_jit(grads)(stencil, x)
-    np.testing.assert_allclose(jitted.func.weight, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_filter_grad_into_module_function_shift_lowering():
     kwargs = dict(padding="same", boundary="edge")
-    stencil = es.kmap(TapWeights(jnp.array([2.0, -1.0])), kernel_size=(2, 3), **kwargs)
+    stencil = es.kmap(
+        TapWeights(np.array([2.0, -1.0], np.float32)), kernel_size=(2, 3), **kwargs
+    )
     x = _x((4, 5))
     g = _x((4, 5), seed=2)
-    out = eqx.filter_grad(lambda s: jnp.sum(s(x) * g))(stencil)
+    out = eqx.filter_jit(eqx.filter_grad(lambda s: jnp.sum(s(x) * g)))(stencil)
     patches = reference_kmap(lambda w: w, np.asarray(x), (2, 3), **kwargs)
     expected = [
         np.sum(np.asarray(g) * patches[..., 0, 0]),
@@ -397,9 +438,14 @@ def test_calling_twice_and_under_two_traces_gives_identical_results(func):
     x = _x((4, 4))
     first = stencil(x)
     second = stencil(x)
-    traced_a = jax.jit(lambda a, s=stencil: s(a))(x)
-    traced_b = jax.jit(lambda a, s=stencil: 2 * s(a))(x)
-    grads = jax.jit(jax.grad(lambda a, s=stencil: jnp.sum(s(a))))(x)
+    # Two jit traces and a gradient's, compiled as one program.
+    traced_a, traced_b, grads = jax.jit(
+        lambda a, s=stencil: (
+            jax.jit(lambda b: s(b))(a),
+            jax.jit(lambda b: 2 * s(b))(a),
+            jax.grad(lambda b: jnp.sum(s(b)))(a),
+        )
+    )(x)
     third = stencil(x)
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(first, third)
