@@ -71,16 +71,20 @@ class Test:
     __test__ = False  # not a pytest test class
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def data():
-    x = jnp.linspace(0, 1, 100)[:, None]
-    y = x**3 + jax.random.uniform(jax.random.PRNGKey(0), (100, 1)) * 0.01
-    return x, y
+    # NumPy data: no eager program per primitive.
+    x = np.linspace(0, 1, 100, dtype=np.float32)[:, None]
+    noise = np.random.default_rng(0).uniform(size=(100, 1)).astype(np.float32)
+    return x, x**3 + noise * 0.01
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def model():
-    return StackedLinear(in_dim=1, out_dim=1, key=jax.random.PRNGKey(0))
+    # Built in one program (models are immutable, so one per module is shared).
+    return jax.jit(lambda key: StackedLinear(in_dim=1, out_dim=1, key=key))(
+        jax.random.PRNGKey(0)
+    )
 
 
 def loss_func(model, x, y):
@@ -96,13 +100,17 @@ def test_readme_regression_training_reduces_loss(model, data):
         # no need for `jax.tree_util.tree_map`: the model supports arithmetic
         return value, model - 1e-3 * grads
 
-    initial = loss_func(model, x, y)
-    for _ in range(200):
-        value, model = update(model, x, y)
-    final = loss_func(model, x, y)
+    # The 200 steps and both losses in one program.
+    @jax.jit
+    def train(model):
+        initial = loss_func(model, x, y)
+        model = jax.lax.fori_loop(0, 200, lambda _, m: update(m, x, y)[1], model)
+        return initial, loss_func(model, x, y), model, model(x)
+
+    initial, final, model, out = train(model)
     assert isinstance(model, StackedLinear)
     assert final < 0.1 * initial
-    assert model(x).shape == (100, 1)
+    assert out.shape == (100, 1)
 
 
 def test_treeclass_is_equinox_module(model):
@@ -154,8 +162,14 @@ def test_docs_page_prints_what_the_code_prints():
     setup = code.group(1).replace(
         "print(model.summary())\nprint(model.tree_box(x))", ""
     )
-    exec(setup, namespace)
-    model, x = namespace["model"], namespace["x"]
+
+    def run():
+        exec(setup, namespace)
+        return namespace["model"], namespace["x"]
+
+    # The page's code, verbatim, traced into one program instead of one eager
+    # program per primitive.
+    model, x = jax.jit(run)()
     assert printed.group(1) == model.summary() + "\n" + model.tree_box(x) + "\n"
 
 
@@ -188,8 +202,12 @@ def test_tree_box_records_repeated_and_nested_calls():
         def __call__(self, x):
             return self.layers[1](self.inner(self.inner(x)))
 
-    key = jax.random.PRNGKey(0)
-    model = Twice(eqx.nn.Linear(3, 3, key=key), (None, eqx.nn.Linear(3, 2, key=key)))
+    # Built in one program, not one per initialiser primitive.
+    model = jax.jit(
+        lambda key: Twice(
+            eqx.nn.Linear(3, 3, key=key), (None, eqx.nn.Linear(3, 2, key=key))
+        )
+    )(jax.random.PRNGKey(0))
     text = model.tree_box(jnp.ones(3))
     assert text.count("Linear(inner)") == 2
     assert text.count("Linear(layers[1])") == 1
@@ -357,7 +375,7 @@ def test_operators(op, expected):
 
 def test_array_leaves_and_static_untouched():
     A = Test(jnp.arange(3.0), jnp.ones((2, 2)), 1.0, "A")
-    out = (A * 2 + 1) ** 2
+    out = jax.jit(lambda A: (A * 2 + 1) ** 2)(A)  # one program, not one per op
     np.testing.assert_allclose(out.a, (np.arange(3.0) * 2 + 1) ** 2)
     np.testing.assert_allclose(out.b, np.full((2, 2), 9.0))
     assert out.c == 9.0 and out.name == "A"
@@ -401,11 +419,17 @@ def test_selection_multiple_fields():
 
 def test_reductions_arrays():
     A = Test(jnp.array([1.0, 2.0]), jnp.array([[3.0, 4.0]]), 5.0, "A")
-    assert A.reduce_sum() == 15.0
-    assert A.reduce_mean() == 1.5 + 3.5 + 5.0
-    assert A.reduce_max() == 5.0
-    assert A.reduce_min() == 1.0
-    assert A.reduce_prod() == 120.0
+    # The five reductions in one program (eagerly, one per primitive and shape).
+    reductions = jax.jit(
+        lambda A: (
+            A.reduce_sum(),
+            A.reduce_mean(),
+            A.reduce_max(),
+            A.reduce_min(),
+            A.reduce_prod(),
+        )
+    )(A)
+    assert reductions == (15.0, 1.5 + 3.5 + 5.0, 5.0, 1.0, 120.0)
 
 
 def test_at_set_and_apply_elementwise():
@@ -495,8 +519,8 @@ class MLP(TreeMath, TreeViz, eqx.Module):
 
 
 def test_mixins_on_equinox_module():
-    mlp = MLP(jax.random.PRNGKey(1))
-    doubled = mlp * 2
+    mlp = jax.jit(MLP)(jax.random.PRNGKey(1))  # one program, not one per init
+    doubled = jax.jit(lambda m: m * 2)(mlp)  # one program for every leaf
     assert isinstance(doubled, MLP)
     np.testing.assert_allclose(doubled.layers[0].weight, 2 * mlp.layers[0].weight)
     assert mlp == mlp
@@ -512,7 +536,13 @@ def test_mixins_on_equinox_module():
 
 def test_jit_grad_vmap_and_equinox_tools(model, data):
     x, y = data
-    grads = jax.grad(loss_func)(model, x, y)
+    # Both gradients in one program.
+    grads, g2 = jax.jit(
+        lambda m: (
+            jax.grad(loss_func)(m, x, y),
+            eqx.filter_grad(lambda m: loss_func(m, x, y))(m),
+        )
+    )(model)
     assert isinstance(grads, StackedLinear)
     step = eqx.filter_jit(lambda m, g: m - 1e-3 * g)
     new = step(model, grads)
@@ -520,12 +550,11 @@ def test_jit_grad_vmap_and_equinox_tools(model, data):
     assert not (new == model)
     assert bool(jax.jit(lambda a, b: (a - b).reduce_sum())(new, model) != 0)
 
-    g2 = eqx.filter_grad(lambda m: loss_func(m, x, y))(model)
     assert jax.tree_util.tree_all(
-        jax.tree_util.tree_map(lambda a, b: bool(jnp.allclose(a, b)), grads, g2)
+        jax.tree_util.tree_map(lambda a, b: bool(np.allclose(a, b)), grads, g2)
     )
 
-    batched = jax.vmap(lambda s: (model * s).reduce_sum())(jnp.arange(3.0))
+    batched = jax.jit(jax.vmap(lambda s: (model * s).reduce_sum()))(np.arange(3.0))
     total = sum(np.sum(np.asarray(leaf)) for leaf in jax.tree_util.tree_leaves(model))
     np.testing.assert_allclose(batched, np.arange(3.0) * total, rtol=1e-5)
 
