@@ -133,6 +133,24 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(XdistCollection(progress), "eqx-stencil-xdist")
 
 
+@pytest.fixture
+def unroll_applied(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Spies on the unrolled window lowering (`_lower.unroll`): one entry per
+    call, whether it applied (`False`: it left the function to `vmap`)."""
+    from eqx_stencil import _lower
+
+    applied: list[bool] = []
+    unroll = _lower.unroll
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = unroll(*args, **kwargs)
+        applied.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_lower, "unroll", spy)
+    return applied
+
+
 _STARTED: list = []
 
 

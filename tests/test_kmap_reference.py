@@ -17,7 +17,6 @@ from reference import (
 )
 
 import eqx_stencil as es
-from eqx_stencil import _lower
 
 
 MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
@@ -316,7 +315,7 @@ VMAP_LOWERED = ("median", "argmax", "sort", "cumsum")
     ],
     ids=["1d", "2d"],
 )
-def test_whole_window_functions_match_reference(shape, kwargs, monkeypatch):
+def test_whole_window_functions_match_reference(shape, kwargs, unroll_applied):
     """Common whole-window functions (reductions broadcast back, sorts, ...).
 
     Two kmaps with a dict output in one program (one compile): the functions
@@ -324,15 +323,7 @@ def test_whole_window_functions_match_reference(shape, kwargs, monkeypatch):
     each function takes the lowering it takes alone (checked here), at half
     the program of a kmap per function. Each against the NumPy reference of
     the function."""
-    applied: list[bool] = []
-    unroll = _lower.unroll
-
-    def spy(*args, **kwargs):
-        out = unroll(*args, **kwargs)
-        applied.append(out is not None)
-        return out
-
-    monkeypatch.setattr(_lower, "unroll", spy)
+    applied = unroll_applied
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     # Each of VMAP_LOWERED falls back to `vmap` on its own (a trace, of the
     # same window without padding: one box).

@@ -408,17 +408,11 @@ def _debug(w: Any, k: Any) -> jax.Array:
     ids=["effect", "sort", "bf16_accumulation", "dot_algorithm", "f16_sum"],
 )
 @pytest.mark.parametrize("padding", PADDINGS)
-def test_functions_without_exact_rules_fall_back_to_vmap(func, padding, monkeypatch):
+def test_functions_without_exact_rules_fall_back_to_vmap(
+    func, padding, monkeypatch, unroll_applied
+):
     x, k = _inputs(1, (5, 6), (3, 3))
-    applied: list[bool] = []
-    unroll = _lower.unroll
-
-    def spy(*args, **kwargs):
-        out = unroll(*args, **kwargs)
-        applied.append(out is not None)
-        return out
-
-    monkeypatch.setattr(_lower, "unroll", spy)
+    applied = unroll_applied
     tried: list[bool] = []
 
     def both(x, k):  # one program for both stencils, not one per eager call

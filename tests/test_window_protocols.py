@@ -213,19 +213,10 @@ def assert_trees_match(out, expected):
 @pytest.fixture(params=["unrolled", "vmap"])
 def lowering(request, monkeypatch):
     """Which window lowering runs; the unrolled one reports whether it applied."""
-    applied: list[bool] = []
     if request.param == "vmap":
         monkeypatch.setattr(_lower, "MAX_UNROLLED_TAPS", -1)
-    else:
-        unroll = _lower.unroll
-
-        def spy(*args, **kwargs):
-            out = unroll(*args, **kwargs)
-            applied.append(out is not None)
-            return out
-
-        monkeypatch.setattr(_lower, "unroll", spy)
-    return request.param, applied
+        return request.param, []
+    return request.param, request.getfixturevalue("unroll_applied")
 
 
 def _mode_lowerings():
