@@ -58,11 +58,13 @@ def on_identity(fn: Callable[[Array], Array], n: int, dtype: Any) -> Array:
     ```
     """
     closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct((n, n), dtype))
-    (out,) = _evaluate(closed.jaxpr, closed.consts, [_Identity(n, dtype)])
+    (out,) = _eval_with_identities(closed.jaxpr, closed.consts, [_Identity(n, dtype)])
     return out.build() if isinstance(out, _Identity) else out
 
 
-def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+def _eval_with_identities(
+    jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]
+) -> list[Any]:
     """`jax.core.eval_jaxpr` where some values may be an `_Identity`."""
     env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
@@ -94,7 +96,7 @@ def _rule(eqn: Any, values: list[Any]) -> list[Any] | None:
     name = eqn.primitive.name
     if name in _CALLS:
         closed = eqn.params["jaxpr"]
-        return _evaluate(closed.jaxpr, closed.consts, values)
+        return _eval_with_identities(closed.jaxpr, closed.consts, values)
     if name == "dot_general":
         out = _contract(eqn.params["dimension_numbers"], *values)
         return None if out is None else [out.astype(eqn.outvars[0].aval.dtype)]

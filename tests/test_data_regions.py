@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gradcheck import check_grads_in_one_program
 from hypothesis import given, settings, strategies as st
-from jax.test_util import check_jvp, check_vjp
 from reference import relative_func
 from region_reference import reference_regions
 
@@ -315,32 +315,11 @@ def test_grads_wrt_input_and_argument():
         )
     )  # fmt: skip
 
-    @jax.jit
-    def both(x, k, tangents, cotangent):
-        _, tangent_out = jax.jvp(stencil, (x, k), tangents)
-        value, pullback = jax.vjp(stencil, x, k)
-        return value, tangent_out, pullback(cotangent)
-
-    # `check_grads(stencil, (x, 0.7), order=1, modes=("fwd", "rev"))` checks
-    # exactly this, with four compiles (`stencil`; its JVP; `jax.vjp`:
-    # linearize, transpose) where this one program gives the value, the
-    # tangent and the cotangents. NumPy arguments: the finite differences add
-    # and subtract in NumPy, not in programs of their own.
-    zeros = (np.zeros_like(x), np.float32(0))
-
-    def f(x, k):
-        return both(x, k, zeros, np.zeros_like(x))[0]
-
-    def f_jvp(primals, tangents):
-        value, tangent_out, _ = both(*primals, tangents, np.zeros_like(x))
-        return value, tangent_out
-
-    def f_vjp(x, k):
-        return f(x, k), lambda cotangent: both(x, k, zeros, cotangent)[2]
-
-    args = (x, np.float32(0.7))
-    check_jvp(f, f_jvp, args, eps=1e-2)
-    check_vjp(f, f_vjp, args, eps=1e-2)
+    # `check_grads(stencil, (x, 0.7), order=1, modes=("fwd", "rev"))` from one
+    # program instead of four.
+    check_grads_in_one_program(
+        stencil, (x, np.float32(0.7)), x, ("fwd", "rev"), eps=1e-2
+    )
 
 
 def test_unpicked_functions_give_no_nan_gradient():

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gradcheck import check_grads_in_one_program
 from hypothesis import assume, given, settings, strategies as st
-from jax.test_util import check_jvp, check_vjp
 from reference import MODES, fits, geometry, pad_array
 from region_reference import owner_map
 
@@ -61,46 +61,6 @@ def tap_function(taps, weights, bias):
         return np.tanh(total) if isinstance(w, np.ndarray) else jnp.tanh(total)
 
     return func
-
-
-def check_grads_in_one_program(f, args, out_like, modes, **tolerances):
-    """`check_grads(f, args, order=1, modes=modes, **tolerances)` from one
-    compiled program that gives the value, a JVP and a VJP (`check_grads`
-    compiles `f`, its JVP and `jax.vjp`'s linearized and transposed programs);
-    returns `f(*args)`. `args` are NumPy values, so that the finite
-    differences add and subtract in NumPy, not in programs of their own;
-    `out_like` has the output's shape and dtype."""
-
-    @jax.jit
-    def program(args, tangents, cotangent):
-        value, tangent_out = jax.jvp(f, args, tangents)
-        _, pullback = jax.vjp(f, *args)
-        return value, tangent_out, pullback(cotangent)
-
-    zeros = jax.tree.map(np.zeros_like, args)
-    no_cotangent = np.zeros_like(out_like)
-
-    def value(*args):
-        return program(args, zeros, no_cotangent)[0]
-
-    if "fwd" in modes:
-        check_jvp(
-            value,
-            lambda args, tangents: program(args, tangents, no_cotangent)[:2],
-            args,
-            **tolerances,
-        )
-    if "rev" in modes:
-        check_vjp(
-            value,
-            lambda *args: (
-                value(*args),
-                lambda cotangent: program(args, zeros, cotangent)[2],
-            ),
-            args,
-            **tolerances,
-        )
-    return value(*args)
 
 
 @st.composite
