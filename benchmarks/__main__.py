@@ -53,8 +53,16 @@ CASES: dict[str, Case] = {
     "conv16": runtime(lambda: conv.case(16, 512)),
     "conv64": runtime(lambda: conv.case(64, 512)),
     "conv64-256": runtime(lambda: conv.case(64, 256)),
-    "conv-below": runtime(lambda: conv.threshold_case(15, 512)),
-    "conv-above": runtime(lambda: conv.threshold_case(16, 512)),
+    # The rule's thresholds (`_conv_lowering`), each from both sides: channels
+    # per output (slices, then the contraction), outputs per channel (the
+    # contraction, then the convolution), taps times outputs (slices, then
+    # the convolution).
+    "conv-channels-below": runtime(lambda: conv.threshold_case(3, 3, 1, 1024)),
+    "conv-channels-above": runtime(lambda: conv.threshold_case(4, 3, 1, 1024)),
+    "conv-outputs-below": runtime(lambda: conv.threshold_case(16, 3, 5, 256)),
+    "conv-outputs-above": runtime(lambda: conv.threshold_case(16, 3, 6, 256)),
+    "conv-taps-below": runtime(lambda: conv.threshold_case(1, 3, 15, 256)),
+    "conv-taps-above": runtime(lambda: conv.threshold_case(1, 3, 16, 256)),
     "maxpool": runtime(pooling.case),
     "patches": runtime(patches.case),
     "heat": runtime(heat.case),

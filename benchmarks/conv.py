@@ -1,9 +1,9 @@
-"""Multi-channel 3×3 convolution: `jnp.sum(x * w)` over a (C, 3, 3) window.
+"""Multi-channel convolution: `jnp.sum(x * w)` over a (C, 3, 3) window.
 
 `case`: the stencil (whichever lowering the rule picks) against `lax.conv`.
-`threshold_case`: both lowerings forced, at a channel count just below or
-just above the convolution lowering's threshold (`MIN_CONV_TAPS` taps per
-output): the side the rule picks must be the faster one.
+`threshold_case`: a (C, k, k) window into O outputs, every lowering forced
+(`_conv_lowering.LOWERINGS`), on both sides of one of the rule's thresholds:
+the lowering the rule picks must be the fastest.
 """
 
 from __future__ import annotations
@@ -37,11 +37,13 @@ def window_sum(x: Array, w: Array) -> Array:
 
 
 def lax_conv(x: Array, w: Array) -> Array:
-    """`lax.conv_general_dilated` on a batch of one, NCHW/OIHW."""
+    """`lax.conv_general_dilated` on a batch of one, NCHW/OIHW: `w` is
+    `(C, k, k)` for one output or `(O, C, k, k)`."""
     dimensions = ("NCHW", "OIHW", "NCHW")
-    return lax.conv_general_dilated(
-        x[None], w[None], (1, 1), "SAME", None, None, dimensions
-    )[0]
+    rhs = w[None] if w.ndim == 3 else w
+    out = lax.conv_general_dilated(x[None], rhs, (1, 1), "SAME", None, None, dimensions)
+    # The stencil's shape: (1, n, n), with the outputs last if more than one.
+    return out[0] if w.ndim == 3 else jnp.moveaxis(out, 1, -1)
 
 
 def _args(c: int, n: int) -> tuple[Array, Array]:
@@ -72,46 +74,59 @@ def case(c: int, n: int) -> RuntimeCase:
     kernex = _kernex(c, n)
     if kernex is not None:
         variants.append(kernex)
-    # Few taps: the unrolled slices beat XLA:CPU's convolution; many taps:
-    # the convolution lowering must match lax.conv (issue 13).
-    few = c * 9 < conv_lowering.MIN_CONV_TAPS
-    bar = Bar(ES, LAX, limit=0.5 if few else 1.0, same_program=not few)
+    # Few channels: the unrolled slices; from `MIN_CONTRACTED` on, the
+    # contraction (issue 13: at most lax.conv's time).
+    few = c < conv_lowering.MIN_CONTRACTED
+    bar = Bar(ES, LAX, limit=0.5 if few else 1.0)
     return RuntimeCase(f"conv C={c} {c}×{n}×{n}", lambda: _args(c, n), variants, (bar,))
 
 
-SLICES = "slices"
-CONV = "conv lowering"
+def _into_outputs(x: Array, w: Array) -> Array:
+    """The window function for `O` outputs: `w` is `(O, C, k, k)`."""
+    return jnp.tensordot(w, x, 3)
 
 
-def forced(fn: Callable[..., Any], min_taps: int) -> Callable[..., Any]:
-    """`fn` traced with the convolution lowering's threshold at `min_taps`
-    (1: every linear function is a convolution; huge: none is)."""
+def forced(fn: Callable[..., Any], lowering: str) -> Callable[..., Any]:
+    """`fn` traced with its linear functions lowered by `lowering`."""
 
     def run(*args: Any) -> Any:
-        saved = conv_lowering.MIN_CONV_TAPS
-        conv_lowering.MIN_CONV_TAPS = min_taps
-        try:
+        with conv_lowering.forced_lowering(lowering):
             return fn(*args)
-        finally:
-            conv_lowering.MIN_CONV_TAPS = saved
 
     return run
 
 
-def threshold_case(c: int, n: int) -> RuntimeCase:
-    """Slices and the convolution lowering forced, at `c * 9` taps: the one
-    the rule picks (slices below `MIN_CONV_TAPS`, the convolution from it on)
-    must be the faster."""
-    stencil = es.kmap(window_sum, kernel_size=(c, 3, 3), padding=PADDING)
-    variants = [
-        Variant(ES, stencil),
-        Variant(SLICES, forced(stencil, 2**62)),
-        Variant(CONV, forced(stencil, 1)),
-        Variant(LAX, lax_conv, tolerance=TOLERANCE),
+THRESHOLD_NOISE = 1.1
+
+
+def threshold_case(c: int, k: int, outputs: int, n: int) -> RuntimeCase:
+    """A `(c, k, k)` window into `outputs` entries on a `(c, n, n)` image,
+    each lowering forced, beside the stencil and `lax.conv`: the lowering the
+    rule picks must be the fastest."""
+    func = window_sum if outputs == 1 else _into_outputs
+    stencil = es.kmap(func, kernel_size=(c, k, k), padding=PADDING)
+    taps = c * k * k
+    picked = "slices"
+    if conv_lowering._lowered_here(taps, outputs, c):
+        contract = conv_lowering._contract_first(c, outputs)
+        picked = "contraction" if contract else "convolution"
+    variants = [Variant(ES, stencil)]
+    variants += [
+        Variant(f"{name} (forced)", forced(stencil, name))
+        for name in conv_lowering.LOWERINGS
     ]
-    picked, other = (
-        (SLICES, CONV) if c * 9 < conv_lowering.MIN_CONV_TAPS else (CONV, SLICES)
+    variants.append(Variant(LAX, lax_conv, tolerance=TOLERANCE))
+    # At a threshold the two sides cost about the same: the picked one may
+    # trail by the machine's noise.
+    bars = tuple(
+        Bar(f"{picked} (forced)", f"{other} (forced)", limit=THRESHOLD_NOISE)
+        for other in conv_lowering.LOWERINGS
+        if other != picked
     )
-    bar = Bar(picked, other, limit=1.0)
-    name = f"conv threshold C={c} ({c * 9} taps) {c}×{n}×{n}"
-    return RuntimeCase(name, lambda: _args(c, n), variants, (bar,))
+    rng = np.random.default_rng(0)
+    shape = (c, k, k) if outputs == 1 else (outputs, c, k, k)
+    weights = rng.standard_normal(shape, np.float32) / np.sqrt(taps)
+    x = rng.standard_normal((c, n, n), np.float32)
+    name = f"threshold C={c} {k}×{k} → {outputs} ({taps * outputs} taps×outputs) {n}²"
+    args = lambda: (jax.device_put(x), jax.device_put(weights))  # noqa: E731
+    return RuntimeCase(name, args, variants, bars)

@@ -1,32 +1,46 @@
-"""Window functions linear in the window, lowered to one convolution.
+"""Window functions linear in the window, lowered to one contraction.
 
 `jnp.sum(w * W)`, `jnp.tensordot`, `jnp.einsum`, `@` with weights: when the
 function's output is linear in its windows, it is `sum(weights * window)` for
 weights that do not depend on the window. They are read at trace time by
 transposing the function (`jax.linear_transpose`: the weights may be traced,
-learnable arguments) and applied by `lax.conv_general_dilated`, strides and
-dilation folded in. Dims the window covers whole (a `(C, 3, 3)` window over a
-`(C, H, W)` image) become input channels, the fields too, and every output
-entry an output channel.
+learnable arguments). Dims the window covers whole (a `(C, 3, 3)` window over
+a `(C, H, W)` image) become channels, the fields too, and every output entry
+an output channel. The weights are then applied in one of two forms, strides
+and dilation folded in:
 
-**The rule.** A function is lowered here when all of these hold, else it
-keeps the slice lowerings (`_unroll.py`, `vmap`):
+- the **contraction** (`_contract_then_shift`): one matrix product contracts
+  the channels for every output and kernel tap, and each output is the sum
+  of its taps' planes, shifted (one fused loop);
+- the **convolution** (`_convolve`): one `lax.conv_general_dilated`.
 
-- it has at least `MIN_CONV_TAPS` multiply-adds per output position (taps,
-  i.e. fields times window size, times output entries): below that,
-  XLA:CPU's convolution has a fixed cost that the unrolled slices beat
-  (`benchmarks/conv.py`, `threshold_case`), above it the unrolled program
-  grows (one product per tap and output entry: `es.nn.Conv2d(3, 64)`'s
-  took two minutes to compile) and runs slower than the convolution;
-  inside `always_conv()` (`es.nn.Conv`) any number does;
-- its jaxpr is linear in the windows (`_is_linear`: no constant term, no
-  custom derivative rule, no effect) and its dtypes are real floating point.
+**The rule** (measured on XLA:CPU, `benchmarks/conv.py`). A function is
+lowered here when its jaxpr is linear in the windows (`_is_linear`: no
+constant term, no custom derivative rule, no effect), its dtypes are real
+floating point, and one of these holds; else it keeps the slice lowerings
+(`_unroll.py`, `vmap`):
+
+- **contraction** when it has at least `MIN_CONTRACTED` channels and
+  `CHANNELS_PER_OUTPUT` per output entry, on the backends in
+  `CONTRACT_FIRST_BACKENDS` (measured on the CPU only; other backends keep
+  their vendor's convolution). XLA:CPU's convolution runs one output at
+  about 4 GFLOP/s: with 16 channels into one output the contraction takes
+  0.21× its time, with 64 channels 0.22–0.27×; with 3 channels the slices
+  win the gradient (1.4×) and the contraction's 9 planes, 3× the input,
+  make its time depend on the allocator's state; from 16 channels into 6
+  outputs the convolution is as fast and then faster (16 into 8: 0.6×);
+- **convolution** with at least `MIN_CONV_TAPS` multiply-adds per output
+  position (taps, i.e. fields times window size, times output entries), or
+  any number inside `always_conv()` (`es.nn.Conv`): past it the unrolled
+  slices compile slowly (one product per tap and output entry: 3.6 s
+  against 0.14 s for one field into 16 outputs of a 3×3 window;
+  `es.nn.Conv2d(3, 64)`'s took two minutes).
 
 When one function covers every output (no regions), the whole input is ONE
-convolution with the padding folded in: a zero fill is the convolution's
+contraction with the padding folded in: a zero fill is the contraction's
 own padding (negative padding crops first), any other fill is padded once
-(`padded_box`) before an unpadded convolution. With regions, each tile of
-the function is a convolution of its source, which holds its padding.
+(`padded_box`) before an unpadded one. With regions, each tile of the
+function is a contraction of its source, which holds its padding.
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ import contextlib
 import contextvars
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +68,58 @@ from ._identity import on_identity
 # computed by a convolution (measured on XLA:CPU: `benchmarks/conv.py`, see
 # the rule above).
 MIN_CONV_TAPS = 144
+# With at least `CHANNELS_PER_OUTPUT` contracted channels per output entry,
+# and at least `MIN_CONTRACTED`, the channels are contracted first
+# (`_contract_then_shift`), on the backends where that was measured faster
+# than the convolution and the slices (`benchmarks/conv.py`).
+CHANNELS_PER_OUTPUT = 3
+MIN_CONTRACTED = 4
+CONTRACT_FIRST_BACKENDS = frozenset({"cpu"})
 _ALWAYS = contextvars.ContextVar("eqx_stencil_always_conv", default=False)
+LOWERINGS = ("slices", "convolution", "contraction")
+_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "eqx_stencil_forced_lowering", default=None
+)
+
+
+def _contract_first(contracted: int, outputs: int) -> bool:
+    """Whether `contracted` channels into `outputs` entries are contracted
+    first instead of convolved."""
+    forced = _FORCED.get()
+    if forced is not None:
+        return forced == "contraction"
+    return (
+        contracted >= max(MIN_CONTRACTED, CHANNELS_PER_OUTPUT * outputs)
+        and jax.default_backend() in CONTRACT_FIRST_BACKENDS
+    )
+
+
+def _lowered_here(taps: int, outputs: int, contracted: int) -> bool:
+    """Whether a linear function of `taps` taps (fields times window size)
+    into `outputs` entries, `contracted` of the taps channels, is lowered here
+    rather than by the slices."""
+    forced = _FORCED.get()
+    if forced is not None:
+        return forced != "slices"
+    return (
+        _ALWAYS.get()
+        or taps * outputs >= MIN_CONV_TAPS
+        or _contract_first(contracted, outputs)
+    )
+
+
+@contextlib.contextmanager
+def forced_lowering(lowering: str) -> Iterator[None]:
+    """Within this context, linear window functions traced take `lowering`
+    (one of `LOWERINGS`) whatever the rule says; for benchmarks and tests.
+    "slices" leaves them to the slice lowerings (`_unroll.py`, `vmap`)."""
+    if lowering not in LOWERINGS:
+        raise ValueError(f"lowering={lowering!r}; expected one of {LOWERINGS}")
+    token = _FORCED.set(lowering)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
 
 
 @contextlib.contextmanager
@@ -151,12 +216,15 @@ def _is_linear(jaxpr: Any, linear: Sequence[bool]) -> list[bool] | None:
 
 
 def _weights(
-    call: Callable, windows: Sequence[jax.ShapeDtypeStruct], dynamic: Any
+    call: Callable,
+    windows: Sequence[jax.ShapeDtypeStruct],
+    dynamic: Any,
+    contracted: int,
 ) -> tuple[Array, list[tuple[tuple[int, ...], Any]], PyTree] | None:
     """The weights `(outputs, fields, *kernel)` of a linear `call`, each output
     leaf's shape and dtype, and the output structure; `None` if `call` is
-    not linear in its windows or has fewer than `MIN_CONV_TAPS` taps times
-    outputs (outside `always_conv()`)."""
+    not linear in its windows, or is cheaper as slices (`_lowered_here`) for
+    `contracted` channels."""
     out_tree: list[Any] = []
 
     def flat(*arrays: Array) -> list[Array]:
@@ -175,7 +243,7 @@ def _weights(
         return None
     sizes = [math.prod(shape) for shape, _ in leaves]
     taps = sum(math.prod(window.shape) for window in windows)
-    if taps * sum(sizes) < MIN_CONV_TAPS and not _ALWAYS.get():
+    if not _lowered_here(taps, sum(sizes), contracted):
         return None
     transpose = jax.linear_transpose(flat, *windows)
 
@@ -195,26 +263,130 @@ def _weights(
 Boundary = tuple[str, Cval]
 
 
-def _sources_and_pads(
+def _zero_fill(boundary: Boundary | None, dtype: Any) -> bool:
+    """Whether `boundary` pads with zeros (which the convolution adds itself)."""
+    if boundary is None:
+        return False
+    mode, cval = boundary
+    return mode == "constant" and not np.any(fill_value(cval, dtype))
+
+
+def _sources(
     arrays: Sequence[Array], layouts: Sequence[DimLayout], boundary: Boundary | None
-) -> tuple[list[Array], list[tuple[int, int]]]:
-    """The convolution's inputs and the zero padding it adds itself.
+) -> list[Array]:
+    """The arrays the convolution reads (`_own_padding` says what it adds).
 
     A tile's sources already hold their padding (`boundary` is `None`). The
     whole input with a zero fill has it folded into the convolution (negative
     padding crops first); any other fill is padded once (`padded_box`)."""
     if boundary is None:
-        return list(arrays), [(0, 0)] * len(layouts)
-    mode, cval = boundary
-    fill = fill_value(cval if mode == "constant" else 0, arrays[0].dtype)
-    if mode == "constant" and not np.any(fill):
+        return list(arrays)
+    if _zero_fill(boundary, arrays[0].dtype):
         starts = [max(0, -layout.lo) for layout in layouts]
         limits = [layout.size - max(0, -layout.hi) for layout in layouts]
-        cropped = [lax.slice(x, starts, limits) for x in arrays]
-        return cropped, [(max(0, layout.lo), max(0, layout.hi)) for layout in layouts]
-    box = [(0, layout.size + layout.lo + layout.hi) for layout in layouts]
-    padded = [padded_box(x, layouts, box, mode, cval) for x in arrays]
-    return padded, [(0, 0)] * len(layouts)
+        return [lax.slice(x, starts, limits) for x in arrays]
+    box = [(0, layout.padded_size) for layout in layouts]
+    return [padded_box(x, layouts, box, *boundary) for x in arrays]
+
+
+def _own_padding(
+    shape: Sequence[int],
+    layouts: Sequence[DimLayout],
+    boundary: Boundary | None,
+    dtype: Any,
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """The shape of `_sources` of arrays of `shape`, and the zero padding
+    the convolution adds to them itself."""
+    if boundary is None:
+        return list(shape), [(0, 0)] * len(layouts)
+    if _zero_fill(boundary, dtype):
+        pads = [(max(0, layout.lo), max(0, layout.hi)) for layout in layouts]
+    else:
+        pads = [(0, 0)] * len(layouts)
+    extents = [layout.padded_size - lo - hi for layout, (lo, hi) in zip(layouts, pads)]
+    return extents, pads
+
+
+class _Geometry(NamedTuple):
+    """The spatial dims of a contraction: the zero padding it adds, strides,
+    dilation and output lengths."""
+
+    padding: tuple[tuple[int, int], ...]
+    strides: tuple[int, ...]
+    dilation: tuple[int, ...]
+    lengths: tuple[int, ...]
+
+
+def _convolve(lhs: Array, rhs: Array, geometry: _Geometry) -> Array:
+    """`(O, *lengths)`: `rhs` `(O, C, *kernel)` correlated with `lhs`
+    `(C, *spatial)` by one `lax.conv_general_dilated`."""
+    padding = list(geometry.padding)
+    # XLA:CPU runs a convolution without padding on a path up to 7x slower
+    # with many channels (jax 0.10); a column of padding, its output dropped,
+    # avoids it.
+    if padding[-1] == (0, 0):
+        padding[-1] = (0, 1)
+    out = lax.conv_general_dilated(
+        lhs[None],
+        rhs,
+        window_strides=geometry.strides,
+        padding=padding,
+        rhs_dilation=geometry.dilation,
+    )[0]
+    return lax.slice_in_dim(out, 0, geometry.lengths[-1], axis=-1)
+
+
+def _contract_then_shift(lhs: Array, rhs: Array, geometry: _Geometry) -> Array:
+    """`_convolve` as one matrix product and a sum of shifted slices.
+
+    The product contracts the channels for every output and kernel tap at
+    once, `(O * taps, C) @ (C, pixels)`; output `o` is then the sum over taps
+    of plane `(o, tap)` shifted by the tap's offset, zero where the shift
+    leaves the plane (one fused loop)."""
+    outputs, channels, *kernel = rhs.shape
+    spatial = lhs.shape[1:]
+    taps = math.prod(kernel)
+    matrix = jnp.moveaxis(rhs.reshape(outputs, channels, taps), 1, -1)
+    planes = matrix.reshape(outputs * taps, channels) @ lhs.reshape(channels, -1)
+    planes = planes.reshape(outputs, taps, *spatial)
+    zero = jnp.zeros((), lhs.dtype)
+    total = jnp.zeros((outputs, *geometry.lengths), lhs.dtype)
+    dims = list(
+        zip(
+            spatial,
+            geometry.padding,
+            geometry.strides,
+            geometry.dilation,
+            geometry.lengths,
+        )
+    )
+    for tap, offsets in enumerate(np.ndindex(*kernel)):
+        # Output q reads plane index q * stride + offset: inside the plane for
+        # q in [first, last], in the padding elsewhere.
+        reads = []
+        for k, (n, (lo, _), stride, dilation, length) in zip(offsets, dims):
+            offset = k * dilation - lo
+            first = -(-max(0, -offset) // stride)
+            last = min(length - 1, (n - 1 - offset) // stride)
+            reads.append((first, last, first * stride + offset))
+        if any(last < first for first, last, _ in reads):
+            continue  # the tap reads only padding
+        shifted = lax.slice(
+            planes[:, tap],
+            [0] + [start for _, _, start in reads],
+            [outputs]
+            + [
+                start + (last - first) * s + 1
+                for (first, last, start), s in zip(reads, geometry.strides)
+            ],
+            [1, *geometry.strides],
+        )
+        padding = [(0, 0, 0)] + [
+            (first, length - 1 - last, 0)
+            for (first, last, _), length in zip(reads, geometry.lengths)
+        ]
+        total = total + lax.pad(shifted, zero, padding)
+    return total
 
 
 def conv_lowering(
@@ -224,9 +396,9 @@ def conv_lowering(
     dynamic: Any,
     boundary: Boundary | None = None,
 ) -> PyTree[Array] | None:
-    """`call` on every window as one convolution of `arrays` (one per field),
-    or `None` when it has too few taps times outputs, is not linear in its
-    windows, or its dtypes are not real floating point.
+    """`call` on every window as one contraction of `arrays` (one per field)
+    with its weights, or `None` when the slices are cheaper, `call` is not
+    linear in its windows, or its dtypes are not real floating point.
 
     With `boundary=None`, `arrays` are a tile's sources: the padded input from
     the tile's first window on, exactly as far as its last window reads. With
@@ -237,49 +409,52 @@ def conv_lowering(
         return None
     if any(layout.out == 0 for layout in layouts):
         return None
-    windows = [jax.ShapeDtypeStruct(kernel, x.dtype) for x in arrays]
-    found = _weights(call, windows, dynamic)
-    if found is None:
-        return None
-    weights, leaves, structure = found
-    sources, pads = _sources_and_pads(arrays, layouts, boundary)
+    extents, pads = _own_padding(arrays[0].shape, layouts, boundary, arrays[0].dtype)
     # A dim the window covers whole, unpadded and undilated, is a channel dim
     # (all but the last, when every dim is).
     channel = [
         pad == (0, 0) and layout.dilation == 1 and n == layout.kernel
-        for pad, layout, n in zip(pads, layouts, sources[0].shape)
+        for pad, layout, n in zip(pads, layouts, extents)
     ]
     channel[-1] = channel[-1] and not all(channel)
     spatial = [d for d, c in enumerate(channel) if not c]
     channels = [d for d, c in enumerate(channel) if c]
+    contracted = len(arrays) * math.prod(extents[d] for d in channels)
+    # The rule counts the dims the window covers in the whole input, not in
+    # a tile (a boundary strip's source may be one window wide).
+    whole = [n.kernel for n in layouts if n.padded_size == n.kernel == n.span]
+    rule_channels = len(arrays) * math.prod(whole)
+    windows = [jax.ShapeDtypeStruct(kernel, x.dtype) for x in arrays]
+    found = _weights(call, windows, dynamic, rule_channels)
+    if found is None:
+        return None
+    weights, leaves, structure = found
+    sources = _sources(arrays, layouts, boundary)
     # Accumulate in the widest of the inputs' and outputs' dtypes, as a
     # `preferred_element_type` in the function would.
     dtype = jnp.result_type(*sources, *(d for _, d in leaves))
     lhs = jnp.stack([x.astype(dtype) for x in sources])  # (fields, *source)
     order = [0] + [1 + d for d in channels] + [1 + d for d in spatial]
-    lhs = jnp.transpose(lhs, order)
-    lhs = lhs.reshape((1, -1) + lhs.shape[1 + len(channels) :])
-    rhs = jnp.transpose(weights.astype(dtype), [0] + [1 + o for o in order])
-    rhs = rhs.reshape(rhs.shape[:1] + (-1,) + rhs.shape[2 + len(channels) :])
-    padding = [pads[d] for d in spatial]
-    last = spatial[-1]
-    # XLA:CPU runs a convolution without padding on a path up to 7x slower
-    # with many channels (jax 0.10); a column of padding, its output dropped,
-    # avoids it.
-    if padding[-1] == (0, 0):
-        padding[-1] = (0, 1)
-    out = lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides=[layouts[d].stride for d in spatial],
-        padding=padding,
-        rhs_dilation=[layouts[d].dilation for d in spatial],
-    )[0]
-    lengths = tuple(
-        1 if c else (n + lo + hi - layout.span) // layout.stride + 1
-        for c, layout, n, (lo, hi) in zip(channel, layouts, sources[0].shape, pads)
+    lhs = jnp.transpose(lhs, order).reshape(
+        (contracted,) + tuple(extents[d] for d in spatial)
     )
-    out = lax.slice_in_dim(out, 0, lengths[last], axis=-1)
+    rhs = jnp.transpose(weights.astype(dtype), [0] + [1 + o for o in order])
+    rhs = rhs.reshape(rhs.shape[:1] + (contracted,) + rhs.shape[2 + len(channels) :])
+    geometry = _Geometry(
+        padding=tuple(pads[d] for d in spatial),
+        strides=tuple(layouts[d].stride for d in spatial),
+        dilation=tuple(layouts[d].dilation for d in spatial),
+        lengths=tuple(
+            (extents[d] + lo + hi - layouts[d].span) // layouts[d].stride + 1
+            for d, (lo, hi) in zip(spatial, (pads[d] for d in spatial))
+        ),
+    )
+    if _contract_first(rule_channels, len(rhs)):
+        out = _contract_then_shift(lhs, rhs, geometry)
+    else:
+        out = _convolve(lhs, rhs, geometry)
+    spatial_lengths = iter(geometry.lengths)
+    lengths = tuple(1 if c else next(spatial_lengths) for c in channel)
     out = jnp.moveaxis(out, 0, -1).reshape(lengths + (-1,))
     sizes = [math.prod(shape) for shape, _ in leaves]
     parts = jnp.split(out, np.cumsum(sizes)[:-1], axis=-1)

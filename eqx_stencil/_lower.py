@@ -16,8 +16,9 @@ assembles the boxes (`_assemble.py`):
     table's recorded taps): the function is `vmap`ped over output positions
     with just those planes, so `x[1, 0] + x[-1, 0]` becomes plane + plane,
     exactly the hand-written program;
-  - window lowering (the function uses the whole window): a convolution for
-    linear functions of many taps (`_conv_lowering.py`), else the unrolled
+  - window lowering (the function uses the whole window): one contraction
+    or convolution for linear functions of enough channels or taps
+    (`_conv_lowering.py`), else the unrolled
     lowering (`_unroll.py`: the function's jaxpr evaluated plane by plane);
     if it has no rule for a primitive, `vmap` over the window stack built from
     the `prod(kernel_size)` planes.
@@ -79,8 +80,9 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
 
     if problem.fuse_tiles and len(table.funcs) == 1 and None in table.taps.values():
         # One whole-window function everywhere: if it is linear, one
-        # convolution of the whole input, its padding folded in (not for a
-        # shard, whose padding is its neighbours' halo: `HaloProblem.padded`).
+        # contraction or convolution of the whole input, its padding folded
+        # in (not for a shard, whose padding is its neighbours' halo:
+        # `HaloProblem.padded`).
         (func,) = table.funcs.values()
         call, dynamic = _window_call(func, problem)
         boundary = (problem.boundary, problem.cval)
@@ -207,7 +209,7 @@ def _window_lowering(
 ) -> PyTree[Array]:
     layouts = problem.layouts
     call, dynamic = _window_call(func, problem)
-    if guard is _no_guard:  # linear functions of many taps: a convolution
+    if guard is _no_guard:  # linear functions: a contraction or convolution
         conv = conv_lowering(call, sources, layouts, dynamic)
         if conv is not None:
             return conv

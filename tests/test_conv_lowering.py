@@ -7,8 +7,9 @@ slice lowering and with finite differences.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -32,35 +33,55 @@ def _x(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def has_conv(fn, *args) -> bool:
-    """Whether `fn(*args)` traces to a `conv_general_dilated`."""
-    return "conv_general_dilated" in str(jax.make_jaxpr(fn)(*args))
+# The lowerings of this module and the functions that emit them.
+FORMS = {"convolution": "_convolve", "contraction": "_contract_then_shift"}
 
 
-def run_with_conv(fn, *args) -> tuple[bool, Any]:
-    """Whether `fn(*args)` traces to a `conv_general_dilated` (`has_conv`), and
-    its value compiled from that same trace (`has_conv` and then `jax.jit(fn)`
-    would trace it twice)."""
-    traced = jax.jit(fn).trace(*args)
-    return "conv_general_dilated" in str(traced.jaxpr), traced.lower().compile()(*args)
+@contextlib.contextmanager
+def recorded_forms() -> Iterator[list[str]]:
+    """The lowerings (`FORMS`) traced within this context, in order."""
+    used: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        for form, name in FORMS.items():
+            original = getattr(conv_lowering, name)
+
+            def spy(*args, _original=original, _form=form):
+                used.append(_form)
+                return _original(*args)
+
+            patch.setattr(conv_lowering, name, spy)
+        yield used
 
 
-@pytest.fixture
-def every_size(monkeypatch):
-    """Use the convolution for any number of taps."""
-    monkeypatch.setattr(conv_lowering, "MIN_CONV_TAPS", 1)
+def forms_of(fn, *args) -> list[str]:
+    """The lowerings `fn(*args)` traces (`[]`: the slices)."""
+    with recorded_forms() as used:
+        jax.make_jaxpr(fn)(*args)
+    return used
+
+
+def run_lowered(fn, *args) -> tuple[list[str], Any]:
+    """The lowerings `fn(*args)` traces (`forms_of`), and its value compiled
+    from that same trace (`forms_of` and then `jax.jit(fn)` would trace it
+    twice)."""
+    with recorded_forms() as used:
+        traced = jax.jit(fn).trace(*args)
+    return used, traced.lower().compile()(*args)
+
+
+@pytest.fixture(params=list(FORMS))
+def every_size(request):
+    """Each of this module's lowerings, for any number of taps."""
+    with conv_lowering.forced_lowering(request.param):
+        yield request.param
 
 
 def slices_only(fn):
-    """`fn` traced with the convolution switched off (the slice lowerings)."""
+    """`fn` traced with the slice lowerings."""
 
     def run(*args):
-        saved = conv_lowering.MIN_CONV_TAPS
-        conv_lowering.MIN_CONV_TAPS = 10**9
-        try:
+        with conv_lowering.forced_lowering("slices"):
             return fn(*args)
-        finally:
-            conv_lowering.MIN_CONV_TAPS = saved
 
     return run
 
@@ -87,8 +108,8 @@ def test_values_equal_numpy(every_size, geometry):
     x = _x((9, 11))
     weights = _x(geometry["kernel_size"], 1)
     stencil = es.kmap(correlate, **geometry)
-    conv, out = run_with_conv(stencil, x, weights)
-    assert conv
+    forms, out = run_lowered(stencil, x, weights)
+    assert forms == [every_size]
     reference_args = {k: v for k, v in geometry.items()}
     expected = reference_kmap(
         lambda w: np.sum(w * np.asarray(weights)), np.asarray(x), **reference_args
@@ -99,8 +120,8 @@ def test_values_equal_numpy(every_size, geometry):
 def test_whole_dim_becomes_channels_at_the_default_threshold():
     x, weights = _x((16, 9, 10)), _x((16, 3, 3), 1)
     stencil = es.kmap(correlate, kernel_size=(-1, 3, 3), padding=(0, 1, 1))
-    conv, out = run_with_conv(stencil, x, weights)
-    assert conv
+    forms, out = run_lowered(stencil, x, weights)
+    assert forms == ["contraction"]  # 16 channels into one output
     expected = reference_kmap(
         lambda w: np.sum(w * np.asarray(weights)),
         np.asarray(x),
@@ -108,8 +129,44 @@ def test_whole_dim_becomes_channels_at_the_default_threshold():
         padding=(0, 1, 1),
     )
     np.testing.assert_allclose(out, expected, atol=1e-4)
-    few = es.kmap(correlate, kernel_size=(-1, 3, 3), padding=(0, 1, 1))
-    assert not has_conv(few, x[:3], weights[:3])  # 27 taps: slices
+
+
+def _into(outputs: int):
+    """A linear function of a `(C, 3, 3)` window into `outputs` entries."""
+
+    def func(window, weights):
+        return jnp.tensordot(weights[:outputs], window, 3)
+
+    return func
+
+
+@pytest.mark.parametrize(
+    "channels, outputs, backends, expected",
+    [
+        (4, 1, {"cpu"}, ["contraction"]),  # MIN_CONTRACTED channels
+        (3, 1, {"cpu"}, []),  # 27 taps: the slices
+        (16, 5, {"cpu"}, ["contraction"]),
+        (16, 6, {"cpu"}, ["convolution"]),  # under CHANNELS_PER_OUTPUT per output
+        (16, 1, set(), ["convolution"]),  # a backend not measured
+        (8, 1, set(), []),  # ... and too few taps for its convolution
+    ],
+)
+def test_the_rule_picks_by_channels_per_output_and_taps(
+    monkeypatch, channels, outputs, backends, expected
+):
+    monkeypatch.setattr(conv_lowering, "CONTRACT_FIRST_BACKENDS", frozenset(backends))
+    x, weights = _x((channels, 9, 10)), _x((8, channels, 3, 3), 1)
+    stencil = es.kmap(_into(outputs), kernel_size=(-1, 3, 3), padding=(0, 1, 1))
+    assert forms_of(stencil, x, weights) == expected
+
+
+def test_single_field_taps_threshold():
+    """One field has one channel: `MIN_CONV_TAPS` taps make a convolution."""
+    x = _x((20, 20))
+    assert forms_of(es.kmap(correlate, kernel_size=(12, 12)), x, _x((12, 12))) == [
+        "convolution"
+    ]
+    assert forms_of(es.kmap(correlate, kernel_size=(11, 13)), x, _x((11, 13))) == []
 
 
 @pytest.mark.parametrize(
@@ -155,8 +212,8 @@ def test_multiple_fields_and_vector_outputs(every_size):
         return jnp.tensordot(k, stacked, axes=3), jnp.einsum("ij,ij->", w["u"], k[0, 1])
 
     stencil = es.kmap(func, kernel_size=3, padding="same", boundary="reflect")
-    conv, (vector, scalar) = run_with_conv(stencil, fields, kernels)
-    assert conv
+    forms, (vector, scalar) = run_lowered(stencil, fields, kernels)
+    assert forms == [every_size]
     # Both outputs against NumPy's windows (the slice lowering's program, a
     # second reference, compiled in 1 s).
     u, v = np.asarray(fields["u"]), np.asarray(fields["v"])
@@ -184,8 +241,8 @@ def test_multiple_fields_and_vector_outputs(every_size):
 def test_nonlinear_functions_keep_the_slice_lowering(every_size, func):
     x, weights = _x((6, 7)), _x((3, 3), 1)
     stencil = es.kmap(func, kernel_size=3, padding="same")
-    conv, out = run_with_conv(stencil, x, weights)
-    assert not conv
+    forms, out = run_lowered(stencil, x, weights)
+    assert forms == []
     expected = reference_kmap(
         lambda w: np.asarray(func(jnp.asarray(w), weights)),
         np.asarray(x),
@@ -210,7 +267,7 @@ def test_custom_derivative_rules_keep_the_slice_lowering(every_size):
     its rule (here: zero derivative) must survive."""
     stencil = es.kmap(_linear_without_derivative, kernel_size=(4, 3))
     x = _x((6, 5))
-    assert not has_conv(stencil, x)
+    assert forms_of(stencil, x) == []
     grad = jax.grad(lambda x: jnp.sum(stencil(x)))(x)
     np.testing.assert_array_equal(grad, np.zeros_like(x))
 
@@ -227,7 +284,7 @@ def test_accumulates_in_the_output_dtype(every_size):
 
     stencil = es.kmap(dot, kernel_size=(3, 3), padding="same")
     x = _x((16, 16)).astype(jnp.bfloat16)
-    assert has_conv(stencil, x, weights)
+    assert forms_of(stencil, x, weights) == [every_size]
     out = stencil(x, weights)
     assert out.dtype == jnp.float32
     windows = np.asarray(x.astype(jnp.float32))
@@ -337,28 +394,29 @@ def _stencil(case: Case) -> es.Stencil:
     return stencil
 
 
-def _run(case: Case) -> tuple[int, jax.Array, tuple[jax.Array, jax.Array]]:
-    """How many convolutions the stencil's compiled program runs, its value
-    and the gradients of a loss of it."""
+def _run(case: Case) -> tuple[list[str], jax.Array, tuple[jax.Array, jax.Array]]:
+    """The lowerings the stencil traces (`FORMS`), its value and the
+    gradients of a loss of it."""
     stencil = _stencil(case)
 
     def loss(x, k):
         return jnp.sum(jnp.sin(stencil(x, k)))
 
     args = (case.x, case.weights)  # NumPy: `jnp.asarray` compiles per new shape
-    compiled = jax.jit(stencil).lower(*args).compile()
-    count = str(compiled.as_text()).count(" convolution(")
-    return count, compiled(*args), jax.jit(jax.grad(loss, argnums=(0, 1)))(*args)
+    forms, value = run_lowered(stencil, *args)
+    return forms, value, jax.jit(jax.grad(loss, argnums=(0, 1)))(*args)
 
 
 def _run_vmap_lowering(
     case: Case,
-) -> tuple[int, jax.Array, tuple[jax.Array, jax.Array]]:
+) -> tuple[list[str], jax.Array, tuple[jax.Array, jax.Array]]:
     """`_run` by the `vmap` lowering, value and gradients in ONE compiled
     program (its taps' slices and their transposes compile slowly under
-    -O0), and the convolutions that program runs (value and gradients)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(conv_lowering, "MIN_CONV_TAPS", 10**9)
+    -O0)."""
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        conv_lowering.forced_lowering("slices"),
+    ):
         patch.setattr(_lower, "MAX_UNROLLED_TAPS", -1)
         stencil = _stencil(case)
 
@@ -372,19 +430,25 @@ def _run_vmap_lowering(
             )
             return value, grads
 
-        args = (case.x, case.weights)
-        compiled = jax.jit(value_and_grads).lower(*args).compile()
-    count = str(compiled.as_text()).count(" convolution(")
-    return count, *compiled(*args)
+        forms, (value, grads) = run_lowered(value_and_grads, case.x, case.weights)
+    return forms, value, grads
 
 
-def _check_against_numpy_and_vmap(case: Case) -> None:
-    count, value, grads = _run(case)
-    # One function everywhere: one convolution, its padding folded in; with
+def _check_against_numpy_and_vmap(case: Case, lowering: str | None = None) -> None:
+    """`case` by `lowering` (the rule's choice if `None`) against NumPy's
+    loop over windows and the `vmap` lowering."""
+    with (
+        contextlib.nullcontext()
+        if lowering is None
+        else conv_lowering.forced_lowering(lowering)
+    ):
+        forms, value, grads = _run(case)
+    # One function everywhere: one contraction, its padding folded in; with
     # a region, one per tile.
-    assert count == 1 if case.region is None else count >= 1, count
-    ref_count, ref_value, ref_grads = _run_vmap_lowering(case)
-    assert ref_count == 0
+    assert len(forms) == 1 if case.region is None else len(forms) >= 1, forms
+    assert lowering is None or set(forms) == {lowering}, forms
+    ref_forms, ref_value, ref_grads = _run_vmap_lowering(case)
+    assert ref_forms == []
     k = case.weights
     regions = (
         []
@@ -403,22 +467,19 @@ def _check_against_numpy_and_vmap(case: Case) -> None:
         np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-4, err_msg=text)
 
 
-# The threshold lowered to 8 taps: 1 to 10 channels instead of 16 to 146,
-# the same lowerings and checks, and a `vmap` reference (one slice per tap)
-# that compiles ~10x faster (~20% faster again than at 16 taps). The default
-# threshold (144 taps) is
+# Any number of taps (1 to 10 channels instead of 16 to 146), the
+# lowering drawn: the same checks, and a `vmap` reference (one slice per tap)
+# that compiles ~10x faster than at 144 taps. The rule's choice at its
+# default thresholds is
 # test_linear_functions_match_numpy_and_vmap_at_the_default_threshold
-# (tests_thorough) and, for the lowering's choice, the fast
-# test_whole_dim_becomes_channels_at_the_default_threshold.
+# (tests_thorough) and, fast, test_the_rule_picks_by_channels_per_output_and_taps.
 FEW_TAPS = 8
 
 
 @settings(max_examples=20, deadline=None)
-@given(case=cases(FEW_TAPS))
-def test_linear_functions_match_numpy_and_vmap(case):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(conv_lowering, "MIN_CONV_TAPS", FEW_TAPS)
-        _check_against_numpy_and_vmap(case)
+@given(case=cases(FEW_TAPS), lowering=st.sampled_from(list(FORMS)))
+def test_linear_functions_match_numpy_and_vmap(case, lowering):
+    _check_against_numpy_and_vmap(case, lowering)
 
 
 @pytest.mark.thorough

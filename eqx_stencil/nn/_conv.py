@@ -5,7 +5,9 @@ window `(C_in / groups, *kernel)` that covers the group's channels whole. A
 linear function of that many taps is lowered by the stencil to one
 `lax.conv_general_dilated` (`eqx_stencil/_conv_lowering.py`: the window's
 channel dim becomes input channels, the padding, with any boundary mode, is
-folded in), and `jax.vmap` over the groups makes it one grouped convolution.
+folded in), or, with at least 3 input channels per output channel on the
+CPU, to one matrix product and a sum of shifted planes, faster there; and
+`jax.vmap` over the groups makes it one grouped convolution.
 Without groups the layer asks for the convolution however few its channels
 (`_conv_lowering.always_conv`): below the threshold kmap's unrolled slices
 win a forward pass, but their weight gradient compiles 50x slower than
@@ -101,8 +103,10 @@ class Conv(eqx.Module):
 
     The forward pass is one [`eqx_stencil.kmap`][] stencil whose function
     is the weight's sum of products with a window `(in_channels // groups,
-    *kernel_size)`; being linear, it is lowered to one convolution (see the
-    module's notes).
+    *kernel_size)`; being linear, it is lowered to one convolution, or with
+    at least 3 input channels per output channel (and 4 in all) on the CPU
+    to one matrix product and a sum of shifted planes (see the module's
+    notes).
 
     **Example:**
 
