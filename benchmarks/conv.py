@@ -99,10 +99,13 @@ def forced(fn: Callable[..., Any], lowering: str) -> Callable[..., Any]:
 THRESHOLD_NOISE = 1.1
 
 
-def threshold_case(c: int, k: int, outputs: int, n: int) -> RuntimeCase:
+def threshold_case(
+    c: int, k: int, outputs: int, n: int, run_time_bar: bool = True
+) -> RuntimeCase:
     """A `(c, k, k)` window into `outputs` entries on a `(c, n, n)` image,
     each lowering forced, beside the stencil and `lax.conv`: the lowering the
-    rule picks must be the fastest."""
+    rule picks must be the fastest (`run_time_bar=False`: the ratios are
+    shown only, for a threshold that bounds compile time)."""
     func = window_sum if outputs == 1 else _into_outputs
     stencil = es.kmap(func, kernel_size=(c, k, k), padding=PADDING)
     taps = c * k * k
@@ -119,7 +122,11 @@ def threshold_case(c: int, k: int, outputs: int, n: int) -> RuntimeCase:
     # At a threshold the two sides cost about the same: the picked one may
     # trail by the machine's noise.
     bars = tuple(
-        Bar(f"{picked} (forced)", f"{other} (forced)", limit=THRESHOLD_NOISE)
+        Bar(
+            f"{picked} (forced)",
+            f"{other} (forced)",
+            limit=THRESHOLD_NOISE if run_time_bar else None,
+        )
         for other in conv_lowering.LOWERINGS
         if other != picked
     )

@@ -34,7 +34,8 @@ floating point, and one of these holds; else it keeps the slice lowerings
   any number inside `always_conv()` (`es.nn.Conv`): past it the unrolled
   slices compile slowly (one product per tap and output entry: 3.6 s
   against 0.14 s for one field into 16 outputs of a 3×3 window;
-  `es.nn.Conv2d(3, 64)`'s took two minutes).
+  `es.nn.Conv2d(3, 64)`'s took two minutes), while their run time is about
+  the convolution's (0.33× to 1.4× of it, by the shape).
 
 When one function covers every output (no regions), the whole input is ONE
 contraction with the padding folded in: a zero fill is the contraction's
