@@ -53,17 +53,27 @@ CASES: dict[str, Case] = {
     "conv16": runtime(lambda: conv.case(16, 512)),
     "conv64": runtime(lambda: conv.case(64, 512)),
     "conv64-256": runtime(lambda: conv.case(64, 256)),
-    # The rule's thresholds (`_conv_lowering`), each from both sides: channels
-    # per output (slices, then the contraction), outputs per channel (the
-    # contraction, then the convolution), taps times outputs (slices, then
-    # the convolution: a bound on the slices' compile time, so its run times
-    # are shown without a bar).
-    "conv-channels-below": runtime(lambda: conv.threshold_case(3, 3, 1, 1024)),
-    "conv-channels-above": runtime(lambda: conv.threshold_case(4, 3, 1, 1024)),
+    # The rule's thresholds (`_conv_lowering`), each from both sides. Outputs
+    # per channel (the contraction, then the convolution): judged. Channels
+    # (slices, then the contraction): forward and value-and-gradients shown,
+    # the rule weighing both. Taps times outputs (slices, then the
+    # convolution): a bound on the slices' compile time, run times shown.
+    "conv-channels-below": runtime(
+        lambda: conv.threshold_case(3, 3, 1, 1024, bar=False)
+    ),
+    "conv-channels-above": runtime(
+        lambda: conv.threshold_case(4, 3, 1, 1024, bar=False)
+    ),
+    "conv-channels-below-grad": runtime(
+        lambda: conv.threshold_case(3, 3, 1, 1024, gradient=True, bar=False)
+    ),
+    "conv-channels-above-grad": runtime(
+        lambda: conv.threshold_case(4, 3, 1, 1024, gradient=True, bar=False)
+    ),
     "conv-outputs-below": runtime(lambda: conv.threshold_case(16, 3, 5, 256)),
     "conv-outputs-above": runtime(lambda: conv.threshold_case(16, 3, 6, 256)),
-    "conv-taps-below": runtime(lambda: conv.threshold_case(1, 3, 15, 256, False)),
-    "conv-taps-above": runtime(lambda: conv.threshold_case(1, 3, 16, 256, False)),
+    "conv-taps-below": runtime(lambda: conv.threshold_case(1, 3, 15, 256, bar=False)),
+    "conv-taps-above": runtime(lambda: conv.threshold_case(1, 3, 16, 256, bar=False)),
     "maxpool": runtime(pooling.case),
     "patches": runtime(patches.case),
     "heat": runtime(heat.case),

@@ -99,13 +99,29 @@ def forced(fn: Callable[..., Any], lowering: str) -> Callable[..., Any]:
 THRESHOLD_NOISE = 1.1
 
 
+def _value_and_gradients(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A loss of `fn(x, w)` and its gradients with respect to `x` and `w`."""
+
+    def loss(x: Array, w: Array) -> Array:
+        return jnp.sum(jnp.sin(fn(x, w)))
+
+    return jax.value_and_grad(loss, argnums=(0, 1))
+
+
+def _flat(out: Any) -> np.ndarray:
+    """Every leaf of `out`, raveled into one array (for the output check)."""
+    return np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(out)])
+
+
 def threshold_case(
-    c: int, k: int, outputs: int, n: int, run_time_bar: bool = True
+    c: int, k: int, outputs: int, n: int, gradient: bool = False, bar: bool = True
 ) -> RuntimeCase:
     """A `(c, k, k)` window into `outputs` entries on a `(c, n, n)` image,
     each lowering forced, beside the stencil and `lax.conv`: the lowering the
-    rule picks must be the fastest (`run_time_bar=False`: the ratios are
-    shown only, for a threshold that bounds compile time)."""
+    rule picks must be the fastest (`bar=False`: the ratios are only shown).
+
+    `gradient`: time a loss's value and its gradients with respect to the
+    image and the weights instead of the forward pass."""
     func = window_sum if outputs == 1 else _into_outputs
     stencil = es.kmap(func, kernel_size=(c, k, k), padding=PADDING)
     taps = c * k * k
@@ -113,19 +129,26 @@ def threshold_case(
     if conv_lowering._lowered_here(taps, outputs, c):
         contract = conv_lowering._contract_first(c, outputs)
         picked = "contraction" if contract else "convolution"
-    variants = [Variant(ES, stencil)]
+    timed = _value_and_gradients if gradient else (lambda fn: fn)
+
+    def variant(name: str, fn: Callable[..., Any]) -> Variant:
+        # A weight gradient sums over every position: float32 sums in another
+        # order differ by more than one output does.
+        return Variant(name, timed(fn), layout=_flat, tolerance=TOLERANCE)
+
+    variants = [variant(ES, stencil)]
     variants += [
-        Variant(f"{name} (forced)", forced(stencil, name))
+        variant(f"{name} (forced)", forced(stencil, name))
         for name in conv_lowering.LOWERINGS
     ]
-    variants.append(Variant(LAX, lax_conv, tolerance=TOLERANCE))
+    variants.append(variant(LAX, lax_conv))
     # At a threshold the two sides cost about the same: the picked one may
     # trail by the machine's noise.
     bars = tuple(
         Bar(
             f"{picked} (forced)",
             f"{other} (forced)",
-            limit=THRESHOLD_NOISE if run_time_bar else None,
+            limit=THRESHOLD_NOISE if bar else None,
         )
         for other in conv_lowering.LOWERINGS
         if other != picked
@@ -134,6 +157,10 @@ def threshold_case(
     shape = (c, k, k) if outputs == 1 else (outputs, c, k, k)
     weights = rng.standard_normal(shape, np.float32) / np.sqrt(taps)
     x = rng.standard_normal((c, n, n), np.float32)
-    name = f"threshold C={c} {k}×{k} → {outputs} ({taps * outputs} taps×outputs) {n}²"
+    timing = "value and gradients" if gradient else "forward"
+    name = (
+        f"threshold C={c} {k}×{k} → {outputs} ({taps * outputs} taps×outputs) "
+        f"{n}², {timing}"
+    )
     args = lambda: (jax.device_put(x), jax.device_put(weights))  # noqa: E731
     return RuntimeCase(name, args, variants, bars)

@@ -25,10 +25,13 @@ floating point, and one of these holds; else it keeps the slice lowerings
   `CONTRACT_FIRST_BACKENDS` (measured on the CPU only; other backends keep
   their vendor's convolution). XLA:CPU's convolution runs one output at
   about 4 GFLOP/s: with 16 channels into one output the contraction takes
-  0.21× its time, with 64 channels 0.22–0.27×; with 3 channels the slices
-  win the gradient (1.4×) and the contraction's 9 planes, 3× the input,
-  make its time depend on the allocator's state; from 16 channels into 6
-  outputs the convolution is as fast and then faster (16 into 8: 0.6×);
+  0.21× its time (its gradient 0.41×), with 64 channels 0.22–0.28×. At 3
+  channels its forward pass is still 1.5× faster than the slices', but the
+  slices' value and gradients take 0.86× its time and their forward runs
+  at 0.2× the convolution's already, so they stay; at 4 channels the
+  contraction's forward takes 0.56× the slices' time and its value and
+  gradients 0.84×. From 16 channels into 6 outputs the convolution is as
+  fast, then faster (16 into 8: 0.6×);
 - **convolution** with at least `MIN_CONV_TAPS` multiply-adds per output
   position (taps, i.e. fields times window size, times output entries), or
   any number inside `always_conv()` (`es.nn.Conv`): past it the unrolled
