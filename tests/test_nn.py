@@ -11,6 +11,7 @@ from hypothesis import assume, given, settings, strategies as st
 from jax.test_util import check_grads
 
 import eqx_stencil as es
+import eqx_stencil._conv_lowering as conv_lowering
 import eqx_stencil.nn as enn
 
 
@@ -625,6 +626,48 @@ def test_conv_grads_equal_eqx_grads(n, kwargs):
     (g_ours, dx_ours), (g_theirs, dx_theirs) = grads((ours, theirs), x)
     _close(g_ours.weight, g_theirs.weight, rtol=1e-4, atol=1e-5)
     _close(g_ours.bias, g_theirs.bias, rtol=1e-4, atol=1e-5)
+    _close(dx_ours, dx_theirs, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "n, c_in, c_out, kwargs",
+    [
+        (2, 12, 4, dict(kernel_size=3, stride=2, padding="same")),
+        (1, 8, 2, dict(kernel_size=3, groups=2, padding="SAME_LOWER", dilation=2)),
+        (2, 6, 2, dict(kernel_size=2, padding=1, padding_mode="CIRCULAR")),
+    ],
+)
+def test_many_inputs_per_output_contract_and_equal_eqx(
+    monkeypatch, n, c_in, c_out, kwargs
+):
+    """At least 3 input channels per output (and 4 in all, per group) on the
+    CPU: the contraction (`_conv_lowering._contract_then_shift`), under the
+    layer's `vmap` over groups and a batch `vmap`; values and gradients
+    equal eqx.nn's."""
+    used = []
+    contract = conv_lowering._contract_then_shift
+
+    def spy(*args):
+        used.append(True)
+        return contract(*args)
+
+    monkeypatch.setattr(conv_lowering, "_contract_then_shift", spy)
+    ours, theirs = _conv_pair(n, c_in, c_out, seed=1, lim=0.3, **kwargs)
+    x = _normal((2, c_in) + (7,) * n)
+
+    def loss(model, x):
+        return jnp.sum(jnp.sin(jax.vmap(model)(x)))
+
+    @eqx.filter_jit  # values and gradients of both in one program
+    def run(models, x):
+        return [jax.value_and_grad(loss, argnums=(0, 1))(m, x) for m in models]
+
+    (v_ours, (g_ours, dx_ours)), (v_theirs, (g_theirs, dx_theirs)) = run(
+        (ours, theirs), x
+    )
+    assert used
+    _close(v_ours, v_theirs, rtol=1e-4, atol=1e-4)
+    _close(g_ours.weight, g_theirs.weight, rtol=1e-4, atol=1e-4)
     _close(dx_ours, dx_theirs, rtol=1e-4, atol=1e-5)
 
 
