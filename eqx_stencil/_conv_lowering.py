@@ -23,15 +23,16 @@ floating point, and one of these holds; else it keeps the slice lowerings
 - **contraction** when it has at least `MIN_CONTRACTED` channels and
   `CHANNELS_PER_OUTPUT` per output entry, on the backends in
   `CONTRACT_FIRST_BACKENDS` (measured on the CPU only; other backends keep
-  their vendor's convolution). XLA:CPU's convolution runs one output at
-  about 4 GFLOP/s: with 16 channels into one output the contraction takes
-  0.21× its time (its gradient 0.41×), with 64 channels 0.22–0.28×. At 3
-  channels its forward pass is still 1.5× faster than the slices', but the
-  slices' value and gradients take 0.86× its time and their forward runs
-  at 0.2× the convolution's already, so they stay; at 4 channels the
-  contraction's forward takes 0.56× the slices' time and its value and
-  gradients 0.84×. From 16 channels into 6 outputs the convolution is as
-  fast, then faster (16 into 8: 0.6×);
+  their vendor's convolution), outside `no_contraction()` (`es.nn.Conv`).
+  XLA:CPU's convolution runs one output at about 4 GFLOP/s: with 16
+  channels into one output the contraction takes 0.21× its time (its
+  gradient 0.41×), with 64 channels 0.22–0.28×. At 3 channels its forward
+  pass is still 1.5× faster than the slices', but the slices' value and
+  gradients take 0.86× its time and their forward runs at 0.2× the
+  convolution's already, so they stay; at 4 channels the contraction's
+  forward takes 0.56× the slices' time and its value and gradients 0.84×.
+  From 16 channels into 6 outputs the convolution is as fast, then faster
+  (16 into 8: 0.6×);
 - **convolution** with at least `MIN_CONV_TAPS` multiply-adds per output
   position (taps, i.e. fields times window size, times output entries), or
   any number inside `always_conv()` (`es.nn.Conv`): past it the unrolled
@@ -80,6 +81,7 @@ CHANNELS_PER_OUTPUT = 3
 MIN_CONTRACTED = 4
 CONTRACT_FIRST_BACKENDS = frozenset({"cpu"})
 _ALWAYS = contextvars.ContextVar("eqx_stencil_always_conv", default=False)
+_NO_CONTRACTION = contextvars.ContextVar("eqx_stencil_no_contraction", default=False)
 LOWERINGS = ("slices", "convolution", "contraction")
 _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "eqx_stencil_forced_lowering", default=None
@@ -93,7 +95,8 @@ def _contract_first(contracted: int, outputs: int) -> bool:
     if forced is not None:
         return forced == "contraction"
     return (
-        contracted >= max(MIN_CONTRACTED, CHANNELS_PER_OUTPUT * outputs)
+        not _NO_CONTRACTION.get()
+        and contracted >= max(MIN_CONTRACTED, CHANNELS_PER_OUTPUT * outputs)
         and jax.default_backend() in CONTRACT_FIRST_BACKENDS
     )
 
@@ -124,6 +127,21 @@ def forced_lowering(lowering: str) -> Iterator[None]:
         yield
     finally:
         _FORCED.reset(token)
+
+
+@contextlib.contextmanager
+def no_contraction() -> Iterator[None]:
+    """Within this context, stencils traced never contract the channels first
+    (`_contract_then_shift`); `es.nn.Conv`.
+
+    Layers are trained: under a batch `vmap` the contraction's gradient took
+    1.68× `eqx.nn.Conv2d`'s (64 into 16 channels, a batch of 8 of 64², 3×3;
+    its forward pass 0.61×), so they keep `eqx.nn`'s convolution."""
+    token = _NO_CONTRACTION.set(True)
+    try:
+        yield
+    finally:
+        _NO_CONTRACTION.reset(token)
 
 
 @contextlib.contextmanager

@@ -637,13 +637,13 @@ def test_conv_grads_equal_eqx_grads(n, kwargs):
         (2, 6, 2, dict(kernel_size=2, padding=1, padding_mode="CIRCULAR")),
     ],
 )
-def test_many_inputs_per_output_contract_and_equal_eqx(
+def test_many_inputs_per_output_keep_the_convolution(
     monkeypatch, n, c_in, c_out, kwargs
 ):
-    """At least 3 input channels per output (and 4 in all, per group) on the
-    CPU: the contraction (`_conv_lowering._contract_then_shift`), under the
-    layer's `vmap` over groups and a batch `vmap`; values and gradients
-    equal eqx.nn's."""
+    """At least 3 input channels per output (and 4 in all, per group), where
+    kmap would contract the channels first on the CPU: the layer keeps the
+    convolution (`_conv_lowering.no_contraction`: its gradient is faster
+    under a batch `vmap`); values and gradients equal eqx.nn's."""
     used = []
     contract = conv_lowering._contract_then_shift
 
@@ -665,6 +665,10 @@ def test_many_inputs_per_output_contract_and_equal_eqx(
     (v_ours, (g_ours, dx_ours)), (v_theirs, (g_theirs, dx_theirs)) = run(
         (ours, theirs), x
     )
+    assert not used
+    # The spy sees a contraction: kmap's, 4 channels into one output.
+    kmap = es.kmap(lambda w, k: jnp.sum(w * k), kernel_size=(4, 3, 3))
+    jax.make_jaxpr(kmap)(np.ones((4, 5, 5), np.float32), np.ones((4, 3, 3)))
     assert used
     _close(v_ours, v_theirs, rtol=1e-4, atol=1e-4)
     _close(g_ours.weight, g_theirs.weight, rtol=1e-4, atol=1e-4)

@@ -5,8 +5,8 @@ window `(C_in / groups, *kernel)` that covers the group's channels whole. A
 linear function of that many taps is lowered by the stencil to one
 `lax.conv_general_dilated` (`eqx_stencil/_conv_lowering.py`: the window's
 channel dim becomes input channels, the padding, with any boundary mode, is
-folded in), or, with at least 3 input channels per output channel on the
-CPU, to one matrix product and a sum of shifted planes, faster there; and
+folded in), never to kmap's contraction (`no_contraction`: its weight
+gradient under a batch `vmap` is slower than the convolution's), and
 `jax.vmap` over the groups makes it one grouped convolution.
 Without groups the layer asks for the convolution however few its channels
 (`_conv_lowering.always_conv`): below the threshold kmap's unrolled slices
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import jax.random as jrandom
 from jaxtyping import Array, Inexact, PRNGKeyArray
 
-from .._conv_lowering import always_conv
+from .._conv_lowering import always_conv, no_contraction
 from .._stencil import kmap
 from ._parse import (
     PADDING_MODES,
@@ -84,7 +84,7 @@ def convolve(
     # rule: XLA's partitioner gathers a batch-sharded input of a convolution
     # with feature groups (jaxlib 0.10, `lax.conv` as well), the slices do not.
     lowering = always_conv() if groups == 1 else contextlib.nullcontext()
-    with lowering:
+    with lowering, no_contraction():
         # (groups, 1, *out_spatial, C_out / groups)
         out = cast(Array, jax.vmap(stencil)(xs, ws))
     out = jnp.moveaxis(out[:, 0], -1, 1)
@@ -103,10 +103,8 @@ class Conv(eqx.Module):
 
     The forward pass is one [`eqx_stencil.kmap`][] stencil whose function
     is the weight's sum of products with a window `(in_channels // groups,
-    *kernel_size)`; being linear, it is lowered to one convolution, or with
-    at least 3 input channels per output channel (and 4 in all) on the CPU
-    to one matrix product and a sum of shifted planes (see the module's
-    notes).
+    *kernel_size)`; being linear, it is lowered to one convolution (see the
+    module's notes).
 
     **Example:**
 
