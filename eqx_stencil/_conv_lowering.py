@@ -116,17 +116,24 @@ def _lowered_here(taps: int, outputs: int, contracted: int) -> bool:
 
 
 @contextlib.contextmanager
+def _setting(var: contextvars.ContextVar[Any], value: Any) -> Iterator[None]:
+    """`var` set to `value` within this context."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
+@contextlib.contextmanager
 def forced_lowering(lowering: str) -> Iterator[None]:
     """Within this context, linear window functions traced take `lowering`
     (one of `LOWERINGS`) whatever the rule says; for benchmarks and tests.
     "slices" leaves them to the slice lowerings (`_unroll.py`, `vmap`)."""
     if lowering not in LOWERINGS:
         raise ValueError(f"lowering={lowering!r}; expected one of {LOWERINGS}")
-    token = _FORCED.set(lowering)
-    try:
+    with _setting(_FORCED, lowering):
         yield
-    finally:
-        _FORCED.reset(token)
 
 
 @contextlib.contextmanager
@@ -137,11 +144,8 @@ def no_contraction() -> Iterator[None]:
     Layers are trained: under a batch `vmap` the contraction's gradient took
     1.68× `eqx.nn.Conv2d`'s (64 into 16 channels, a batch of 8 of 64², 3×3;
     its forward pass 0.61×), so they keep `eqx.nn`'s convolution."""
-    token = _NO_CONTRACTION.set(True)
-    try:
+    with _setting(_NO_CONTRACTION, True):
         yield
-    finally:
-        _NO_CONTRACTION.reset(token)
 
 
 @contextlib.contextmanager
@@ -154,11 +158,8 @@ def always_conv() -> Iterator[None]:
     `es.nn.Conv2d(3, 4, 3)`'s weight gradient on an `(8, 3, 64, 64)` batch
     took 26.7 s to compile (and ran in 12.4 ms) against the convolution's
     0.51 s (7.8 ms) and `eqx.nn.Conv2d`'s 0.35 s (8.0 ms)."""
-    token = _ALWAYS.set(True)
-    try:
+    with _setting(_ALWAYS, True):
         yield
-    finally:
-        _ALWAYS.reset(token)
 
 
 # Primitives linear in each of their operands that depend on the window
