@@ -125,10 +125,7 @@ def threshold_case(
     func = window_sum if outputs == 1 else _into_outputs
     stencil = es.kmap(func, kernel_size=(c, k, k), padding=PADDING)
     taps = c * k * k
-    picked = "slices"
-    if conv_lowering._lowered_here(taps, outputs, c):
-        contract = conv_lowering._contract_first(c, outputs)
-        picked = "contraction" if contract else "convolution"
+    picked = conv_lowering.lowering_for(taps, outputs, c)
     timed = _value_and_gradients if gradient else (lambda fn: fn)
 
     def variant(name: str, fn: Callable[..., Any]) -> Variant:

@@ -88,31 +88,22 @@ _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-def _contract_first(contracted: int, outputs: int) -> bool:
-    """Whether `contracted` channels into `outputs` entries are contracted
-    first instead of convolved."""
+def lowering_for(taps: int, outputs: int, contracted: int) -> str:
+    """The rule: which of `LOWERINGS` computes a linear function of `taps`
+    taps (fields times window size) into `outputs` entries, `contracted` of
+    the taps being channels."""
     forced = _FORCED.get()
     if forced is not None:
-        return forced == "contraction"
-    return (
+        return forced
+    if (
         not _NO_CONTRACTION.get()
         and contracted >= max(MIN_CONTRACTED, CHANNELS_PER_OUTPUT * outputs)
         and jax.default_backend() in CONTRACT_FIRST_BACKENDS
-    )
-
-
-def _lowered_here(taps: int, outputs: int, contracted: int) -> bool:
-    """Whether a linear function of `taps` taps (fields times window size)
-    into `outputs` entries, `contracted` of the taps channels, is lowered here
-    rather than by the slices."""
-    forced = _FORCED.get()
-    if forced is not None:
-        return forced != "slices"
-    return (
-        _ALWAYS.get()
-        or taps * outputs >= MIN_CONV_TAPS
-        or _contract_first(contracted, outputs)
-    )
+    ):
+        return "contraction"
+    if _ALWAYS.get() or taps * outputs >= MIN_CONV_TAPS:
+        return "convolution"
+    return "slices"
 
 
 @contextlib.contextmanager
@@ -243,11 +234,11 @@ def _weights(
     windows: Sequence[jax.ShapeDtypeStruct],
     dynamic: Any,
     contracted: int,
-) -> tuple[Array, list[tuple[tuple[int, ...], Any]], PyTree] | None:
+) -> tuple[Array, list[tuple[tuple[int, ...], Any]], PyTree, str] | None:
     """The weights `(outputs, fields, *kernel)` of a linear `call`, each output
-    leaf's shape and dtype, and the output structure; `None` if `call` is
-    not linear in its windows, or is cheaper as slices (`_lowered_here`) for
-    `contracted` channels."""
+    leaf's shape and dtype, the output structure and the lowering the rule
+    picks for `contracted` channels (`lowering_for`); `None` if `call` is
+    not linear in its windows or the rule picks the slices."""
     out_tree: list[Any] = []
 
     def flat(*arrays: Array) -> list[Array]:
@@ -266,7 +257,8 @@ def _weights(
         return None
     sizes = [math.prod(shape) for shape, _ in leaves]
     taps = sum(math.prod(window.shape) for window in windows)
-    if not _lowered_here(taps, sum(sizes), contracted):
+    lowering = lowering_for(taps, sum(sizes), contracted)
+    if lowering == "slices":
         return None
     transpose = jax.linear_transpose(flat, *windows)
 
@@ -280,7 +272,8 @@ def _weights(
     # The transpose on every unit vector (`_identity.py`: no product with the
     # identity is computed).
     dtype = jnp.result_type(*[d for _, d in leaves])
-    return on_identity(jax.vmap(row), sum(sizes), dtype), leaves, out_tree[0]
+    weights = on_identity(jax.vmap(row), sum(sizes), dtype)
+    return weights, leaves, out_tree[0], lowering
 
 
 Boundary = tuple[str, Cval]
@@ -451,7 +444,7 @@ def conv_lowering(
     found = _weights(call, windows, dynamic, rule_channels)
     if found is None:
         return None
-    weights, leaves, structure = found
+    weights, leaves, structure, lowering = found
     sources = _sources(arrays, layouts, boundary)
     # Accumulate in the widest of the inputs' and outputs' dtypes, as a
     # `preferred_element_type` in the function would.
@@ -472,7 +465,7 @@ def conv_lowering(
             for d, (lo, hi) in zip(spatial, (pads[d] for d in spatial))
         ),
     )
-    if _contract_first(rule_channels, len(rhs)):
+    if lowering == "contraction":
         out = _contract_then_shift(lhs, rhs, geometry)
     else:
         out = _convolve(lhs, rhs, geometry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 from jax.test_util import check_grads
+from lowerings import FORMS, recorded_forms
 from reference import MODES, fits, reference_kmap
 from region_reference import reference_regions
 
@@ -31,26 +32,6 @@ def _x(shape, seed=0):
     eager `jax.random` draw, and even `jnp.asarray`, compiles a program per new
     shape; jitted functions take NumPy arrays as they are)."""
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-# The lowerings of this module and the functions that emit them.
-FORMS = {"convolution": "_convolve", "contraction": "_contract_then_shift"}
-
-
-@contextlib.contextmanager
-def recorded_forms() -> Iterator[list[str]]:
-    """The lowerings (`FORMS`) traced within this context, in order."""
-    used: list[str] = []
-    with pytest.MonkeyPatch.context() as patch:
-        for form, name in FORMS.items():
-            original = getattr(conv_lowering, name)
-
-            def spy(*args, _original=original, _form=form):
-                used.append(_form)
-                return _original(*args)
-
-            patch.setattr(conv_lowering, name, spy)
-        yield used
 
 
 def forms_of(fn, *args) -> list[str]:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 from jax.test_util import check_grads
+from lowerings import recorded_forms
 
 import eqx_stencil as es
-import eqx_stencil._conv_lowering as conv_lowering
 import eqx_stencil.nn as enn
 
 
@@ -637,21 +637,11 @@ def test_conv_grads_equal_eqx_grads(n, kwargs):
         (2, 6, 2, dict(kernel_size=2, padding=1, padding_mode="CIRCULAR")),
     ],
 )
-def test_many_inputs_per_output_keep_the_convolution(
-    monkeypatch, n, c_in, c_out, kwargs
-):
+def test_many_inputs_per_output_keep_the_convolution(n, c_in, c_out, kwargs):
     """At least 3 input channels per output (and 4 in all, per group), where
     kmap would contract the channels first on the CPU: the layer keeps the
     convolution (`_conv_lowering.no_contraction`: its gradient is faster
     under a batch `vmap`); values and gradients equal eqx.nn's."""
-    used = []
-    contract = conv_lowering._contract_then_shift
-
-    def spy(*args):
-        used.append(True)
-        return contract(*args)
-
-    monkeypatch.setattr(conv_lowering, "_contract_then_shift", spy)
     ours, theirs = _conv_pair(n, c_in, c_out, seed=1, lim=0.3, **kwargs)
     x = _normal((2, c_in) + (7,) * n)
 
@@ -662,14 +652,16 @@ def test_many_inputs_per_output_keep_the_convolution(
     def run(models, x):
         return [jax.value_and_grad(loss, argnums=(0, 1))(m, x) for m in models]
 
-    (v_ours, (g_ours, dx_ours)), (v_theirs, (g_theirs, dx_theirs)) = run(
-        (ours, theirs), x
-    )
-    assert not used
+    with recorded_forms() as used:
+        (v_ours, (g_ours, dx_ours)), (v_theirs, (g_theirs, dx_theirs)) = run(
+            (ours, theirs), x
+        )
+    assert "contraction" not in used
     # The spy sees a contraction: kmap's, 4 channels into one output.
     kmap = es.kmap(lambda w, k: jnp.sum(w * k), kernel_size=(4, 3, 3))
-    jax.make_jaxpr(kmap)(np.ones((4, 5, 5), np.float32), np.ones((4, 3, 3)))
-    assert used
+    with recorded_forms() as used:
+        jax.make_jaxpr(kmap)(np.ones((4, 5, 5), np.float32), np.ones((4, 3, 3)))
+    assert used == ["contraction"]
     _close(v_ours, v_theirs, rtol=1e-4, atol=1e-4)
     _close(g_ours.weight, g_theirs.weight, rtol=1e-4, atol=1e-4)
     _close(dx_ours, dx_theirs, rtol=1e-4, atol=1e-5)
