@@ -460,6 +460,9 @@ def _check_against_numpy_and_vmap(case: Case, lowering: str | None = None) -> No
     # a region, one per tile.
     assert len(forms) == 1 if case.region is None else len(forms) >= 1, forms
     assert lowering is None or set(forms) == {lowering}, forms
+    # The rule reads the whole input: every tile (interior, one-window-wide
+    # strips, the region's) takes the same lowering.
+    assert len(set(forms)) == 1, forms
     ref_forms, ref_value, ref_grads = _run_vmap_lowering(case)
     assert ref_forms == []
     k = case.weights
