@@ -45,6 +45,7 @@ from ._conv_lowering import conv_lowering
 from ._geometry import DimLayout, out_shape
 from ._problem import Problem, Table, Tap, Taps, tap_proxies
 from ._regions import Box, decompose, owner_mask
+from ._rows import row_planes, row_range
 from ._unroll import unroll
 from ._window import Window, unwrap_windows
 
@@ -78,19 +79,24 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
         check_outputs(values, boxes, [table.names[o] for o in order])
         return values
 
-    if problem.fuse_tiles and len(table.funcs) == 1 and None in table.taps.values():
-        # One whole-window function everywhere: if it is linear, one
-        # contraction or convolution of the whole input, its padding folded
-        # in (not for a shard, whose padding is its neighbours' halo:
-        # `HaloProblem.padded`).
-        (func,) = table.funcs.values()
-        call, dynamic = _window_call(func, problem)
-        boundary = (problem.boundary, problem.cval)
-        conv = conv_lowering(
-            call, problem.fields.arrays, problem.layouts, dynamic, boundary
-        )
-        if conv is not None:
-            return conv
+    if problem.fuse_tiles and len(table.funcs) == 1:
+        # One function everywhere (not on a shard, whose padding is its
+        # neighbours' halo: `HaloProblem.padded`): a linear whole-window
+        # function is one contraction or convolution of the whole input, its
+        # padding folded in; a function of taps, where it applies, the row
+        # lowering.
+        ((owner, func),) = table.funcs.items()
+        taps = table.taps[owner]
+        if taps is None:
+            call, dynamic = _window_call(func, problem)
+            boundary = (problem.boundary, problem.cval)
+            whole = conv_lowering(
+                call, problem.fields.arrays, problem.layouts, dynamic, boundary
+            )
+        else:
+            whole = _by_rows(problem, func, taps, table.names[owner])
+        if whole is not None:
+            return whole
     tiled = decompose(table.plan)
     if tiled is not None:
         tiles, tiling = tiled
@@ -108,6 +114,31 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
     boxes, masks = zip(*(owner_mask(table.plan, owner) for owner in owners))
     values = evaluate_boxes(boxes, owners, masks)
     return select_masked(problem.layouts, boxes, masks, values)
+
+
+def _by_rows(
+    problem: Problem, func: Callable, taps: Taps, name: str
+) -> PyTree[Array] | None:
+    """`func` on the whole grid by the row lowering (`_rows.py`): its rows,
+    and the padded boxes above and below them, joined along dim 0; `None`
+    where it does not apply."""
+    rows = row_range(problem, taps)
+    if rows is None:
+        return None
+    (a, b), shape = rows, out_shape(problem.layouts)
+    later = tuple((0, n) for n in shape[1:])
+    boxes = [((start, stop), *later) for start, stop in ((0, a), (b, shape[0]))]
+    boxes = [box for box in boxes if _volume(box)]
+    # The rows last: their reads of the input are then the first terms of
+    # the input's cotangent, the bands' added into it in place (`lower`).
+    values = [evaluate(problem, func, box, taps) for box in boxes]
+    planes = row_planes(problem, taps, rows)
+    values.append(_shift_lowering(func, planes, problem, ((a, b), *later), taps))
+    boxes.append(((a, b), *later))
+    check_outputs(values, boxes, [name] * len(boxes))
+    order = sorted(range(len(boxes)), key=lambda i: boxes[i][0])
+    parts = [values[i] for i in order]
+    return jtu.tree_map(lambda *bands: jnp.concatenate(bands), *parts)
 
 
 Guard = Callable[[Array], Array]
@@ -157,17 +188,14 @@ def evaluate_on(
     starts on."""
     if taps is None:
         return _window_lowering(func, sources, problem, box, guard)
-    return _shift_lowering(func, sources, problem, box, taps, guard)
+    planes = _tap_planes(sources, problem.layouts, box, taps, guard)
+    return _shift_lowering(func, planes, problem, box, taps)
 
 
 def _shift_lowering(
-    func: Callable,
-    sources: Sequence[Array],
-    problem: Problem,
-    box: Box,
-    taps: Taps,
-    guard: Guard,
+    func: Callable, planes: Sequence[Array], problem: Problem, box: Box, taps: Taps
 ) -> PyTree[Array]:
+    """`func` at every position of `box`, tap `taps[i]` read from `planes[i]`."""
     fields, index, args, kwargs = (
         problem.fields,
         problem.index,
@@ -179,7 +207,6 @@ def _shift_lowering(
         table = dict(zip(taps, values))
         return func(tap_proxies(fields, index, table.__getitem__), *args, **kwargs)
 
-    planes = _tap_planes(sources, problem.layouts, box, taps, guard)
     return _map_positions(per_position, box, tuple(planes))
 
 
@@ -248,11 +275,12 @@ def _unrolled(
 
 
 def _map_positions(per_position: Callable, box: Box, inputs: tuple) -> PyTree:
-    """`vmap` `per_position` over every output position of `box`."""
-    mapped = per_position
-    for start, stop in reversed(box):
-        mapped = jax.vmap(mapped, axis_size=stop - start)
-    return mapped(*inputs)
+    """`vmap` `per_position` over every output position of `box` (one `vmap`
+    over the positions flattened: half the trace time of one per dim)."""
+    shape = tuple(stop - start for start, stop in box)
+    flat = [jnp.reshape(x, (-1, *jnp.shape(x)[len(shape) :])) for x in inputs]
+    out = jax.vmap(per_position, axis_size=math.prod(shape))(*flat)
+    return jtu.tree_map(lambda y: jnp.reshape(y, shape + jnp.shape(y)[1:]), out)
 
 
 def _tap_slice(
