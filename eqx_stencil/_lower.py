@@ -1,7 +1,10 @@
 """Lowering a map stencil to whole-array JAX operations: `lower`.
 
 `lower(problem, table)` evaluates the table's functions box by box and
-assembles the boxes (`_assemble.py`):
+assembles the boxes (`_assemble.py`), except for one function everywhere that
+is linear in its windows (one contraction or convolution of the whole input,
+`_conv_lowering.py`) or reads taps, where the row lowering applies
+(`_by_rows`: inner rows as flat slices of the input, `_rows.py`):
 
 - the output grid is split into boxes of one owner each (`_regions.decompose`:
   the interior, whose windows lie inside the unpadded input, and thin boundary
@@ -132,8 +135,13 @@ def _by_rows(
     # The rows last: their reads of the input are then the first terms of
     # the input's cotangent, the bands' added into it in place (`lower`).
     values = [evaluate(problem, func, box, taps) for box in boxes]
+    # The rows flattened: one `vmap` (the positions are contiguous there).
     planes = row_planes(problem, taps, rows)
-    values.append(_shift_lowering(func, planes, problem, ((a, b), *later), taps))
+    inner = (b - a, *shape[1:])
+    flat = _shift_lowering(func, planes, problem, ((0, math.prod(inner)),), taps)
+    values.append(
+        jtu.tree_map(lambda y: lax.reshape(y, inner + jnp.shape(y)[1:]), flat)
+    )
     boxes.append(((a, b), *later))
     check_outputs(values, boxes, [name] * len(boxes))
     order = sorted(range(len(boxes)), key=lambda i: boxes[i][0])
@@ -275,12 +283,11 @@ def _unrolled(
 
 
 def _map_positions(per_position: Callable, box: Box, inputs: tuple) -> PyTree:
-    """`vmap` `per_position` over every output position of `box` (one `vmap`
-    over the positions flattened: half the trace time of one per dim)."""
-    shape = tuple(stop - start for start, stop in box)
-    flat = [jnp.reshape(x, (-1, *jnp.shape(x)[len(shape) :])) for x in inputs]
-    out = jax.vmap(per_position, axis_size=math.prod(shape))(*flat)
-    return jtu.tree_map(lambda y: jnp.reshape(y, shape + jnp.shape(y)[1:]), out)
+    """`vmap` `per_position` over every output position of `box`."""
+    mapped = per_position
+    for start, stop in reversed(box):
+        mapped = jax.vmap(mapped, axis_size=stop - start)
+    return mapped(*inputs)
 
 
 def _tap_slice(

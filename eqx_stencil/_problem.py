@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -133,10 +133,14 @@ class Problem:
     cval: Cval
     args: tuple
     kwargs: dict
-    # Whether one function's interior and boundary strips may be assembled
-    # as one loop (`_assemble.tile_together(fused=True)`, less to compile).
-    # A shard's problem says no: its interior must not wait for the halos.
-    fuse_tiles: ClassVar[bool] = True
+
+    @property
+    def fuse_tiles(self) -> bool:
+        """Whether one function everywhere may be lowered as a whole: one
+        contraction or convolution, the row lowering, or its interior and
+        boundary strips assembled as one loop (`_lower.lower`). A shard's
+        problem says no where its interior must not wait for the halos."""
+        return True
 
     @property
     def anchor_key(self) -> tuple[int, ...]:

@@ -13,9 +13,9 @@ the first, most rows need no padding at all:
   `select` puts the boundary's constant in its place (`row_planes`).
 
 So the rows are one branch-free loop, and only the few rows above and below
-them are evaluated as padded boxes (`_lower.lower` joins the three along dim
-0). The tangent is still the tiles' (`_assemble.tile_together`): no derivative
-is taken through a select's discarded branch, whose windows mix two rows.
+them are evaluated as padded boxes (`_lower._by_rows` joins the three along
+dim 0). The select comes before the function, so the function sees exactly
+its windows, as on the tiles: values and derivatives are theirs.
 """
 
 from __future__ import annotations
@@ -70,37 +70,37 @@ def row_range(problem: Problem, taps: Taps) -> tuple[int, int] | None:
 
 
 def row_planes(problem: Problem, taps: Taps, rows: tuple[int, int]) -> list[Array]:
-    """Every tap's plane over output rows `rows` (all of every later dim): one
-    flat slice of its field each, the boundary's constant selected where the
-    tap falls outside the input along a later dim."""
+    """Every tap's plane over output rows `rows` and all of every later dim,
+    flattened (row-major): one flat slice of its field each, the boundary's
+    constant selected where the tap falls outside the input along a later
+    dim."""
     layouts, shape = problem.layouts, problem.fields.shape
     a, b = rows
-    plane_shape = (b - a, *shape[1:])
     row = math.prod(shape[1:])
+    length = (b - a) * row
     flats = [lax.reshape(x, (x.size,)) for x in problem.fields.arrays]
+    coordinates: dict[int, Array] = {}
+
+    def inside(dim: int, offset: int) -> Array:
+        """Where position + `offset` along later dim `dim` lies in the input."""
+        if dim not in coordinates:
+            index = lax.iota(np.int32, length)
+            inner = math.prod(shape[dim + 1 :])
+            if inner > 1:
+                index = lax.div(index, np.int32(inner))
+            coordinates[dim] = lax.rem(index, np.int32(shape[dim]))
+        if offset < 0:
+            return lax.ge(coordinates[dim], np.int32(-offset))
+        return lax.lt(coordinates[dim], np.int32(shape[dim] - offset))
+
     planes = []
     for field, tap in taps:
         offsets = _offsets(layouts, tap)
         start = a * row + _flat_offset(shape, offsets)
-        plane = lax.slice(flats[field], (start,), (start + (b - a) * row,))
-        plane = lax.reshape(plane, plane_shape)
-        inside = [
-            _inside(plane_shape, dim, offset)
-            for dim, offset in enumerate(offsets)
-            if dim > 0 and offset != 0
-        ]
-        if inside:
-            fill = lax.full(plane_shape, fill_value(problem.cval, plane.dtype))
-            plane = lax.select(ft.reduce(lax.bitwise_and, inside), plane, fill)
+        plane = lax.slice(flats[field], (start,), (start + length,))
+        masks = [inside(d, o) for d, o in enumerate(offsets) if d > 0 and o != 0]
+        if masks:
+            fill = lax.full((length,), fill_value(problem.cval, plane.dtype))
+            plane = lax.select(ft.reduce(lax.bitwise_and, masks), plane, fill)
         planes.append(plane)
     return planes
-
-
-def _inside(shape: tuple[int, ...], dim: int, offset: int) -> Array:
-    """Where position + `offset` along `dim` lies in `[0, shape[dim])`."""
-    index = lax.iota(np.int32, shape[dim])
-    if offset < 0:
-        inside = lax.ge(index, np.int32(-offset))
-    else:
-        inside = lax.lt(index, np.int32(shape[dim] - offset))
-    return lax.broadcast_in_dim(inside, shape, (dim,))

@@ -259,3 +259,26 @@ def test_multiple_fields_and_arguments():
         value_t, grad_t = jax.jit(jax.value_and_grad(loss))(0.7)
     np.testing.assert_allclose(value, value_t, rtol=1e-6)
     np.testing.assert_allclose(grad, grad_t, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "func, leaves",
+    [
+        (lambda w: 3.0, [lambda w: 3.0]),
+        (lambda w: jnp.stack([w[0, 0], w[2, 1]]), [lambda w: [w[0, 0], w[2, 1]]]),
+        (lambda w: (w[1, 2], -w[0, 1]), [lambda w: w[1, 2], lambda w: -w[0, 1]]),
+    ],
+    ids=["no taps", "vector", "tuple"],
+)
+def test_row_outputs_of_any_structure(func, leaves):
+    """A function of no tap, with a per-position vector, or a tuple: shapes
+    `out_shape + S`, leaf by leaf (`leaves`: each leaf's NumPy function)."""
+    x = np.random.default_rng(4).normal(size=(6, 5)).astype(np.float32)
+    geometry = dict(kernel_size=3, padding="same", cval=0.5)
+    with row_calls() as calls:
+        out = jax.jit(es.kmap(func, **geometry))(x)
+    assert calls
+    assert len(jax.tree.leaves(out)) == len(leaves)
+    for leaf, numpy_leaf in zip(jax.tree.leaves(out), leaves):
+        expected = reference_kmap(numpy_leaf, x, **geometry)
+        np.testing.assert_allclose(np.asarray(leaf), expected, rtol=1e-6)
