@@ -134,19 +134,30 @@ def _by_rows(
     boxes = [box for box in boxes if _volume(box)]
     # The rows last: their reads of the input are then the first terms of
     # the input's cotangent, the bands' added into it in place (`lower`).
-    values = [evaluate(problem, func, box, taps) for box in boxes]
-    # The rows flattened: one `vmap` (the positions are contiguous there).
-    planes = row_planes(problem, taps, rows)
-    inner = (b - a, *shape[1:])
-    flat = _shift_lowering(func, planes, problem, ((0, math.prod(inner)),), taps)
-    values.append(
-        jtu.tree_map(lambda y: lax.reshape(y, inner + jnp.shape(y)[1:]), flat)
-    )
+    planes = [
+        _tap_planes(problem.sources(box), problem.layouts, box, taps, _no_guard)
+        for box in boxes
+    ]
+    planes.append(row_planes(problem, taps, rows))
     boxes.append(((a, b), *later))
+    values = [_flat_shift(func, p, problem, box, taps) for p, box in zip(planes, boxes)]
     check_outputs(values, boxes, [name] * len(boxes))
     order = sorted(range(len(boxes)), key=lambda i: boxes[i][0])
     parts = [values[i] for i in order]
     return jtu.tree_map(lambda *bands: jnp.concatenate(bands), *parts)
+
+
+def _flat_shift(
+    func: Callable, planes: Sequence[Array], problem: Problem, box: Box, taps: Taps
+) -> PyTree[Array]:
+    """`_shift_lowering` over `box`'s positions flattened: one `vmap` instead of
+    one per dim (trace time). For contiguous planes (the row lowering's) and
+    small ones (its bands) only: flattening a large strided plane costs its
+    gradient a copy."""
+    shape = tuple(stop - start for start, stop in box)
+    flat = [lax.reshape(plane, (plane.size,)) for plane in planes]
+    value = _shift_lowering(func, flat, problem, ((0, math.prod(shape)),), taps)
+    return jtu.tree_map(lambda y: lax.reshape(y, shape + jnp.shape(y)[1:]), value)
 
 
 Guard = Callable[[Array], Array]
