@@ -10,97 +10,161 @@ the first, most rows need no padding at all:
 - along the later dims, a tap's plane over those rows is one contiguous slice
   of the row-major flattened input. A position whose tap falls outside the
   input along a later dim reads a neighbouring row's element there, and a
-  `select` puts the boundary's constant in its place (`row_planes`).
+  `select` puts the padding's value in its place (`row_planes`): the
+  boundary's constant, or, for the modes that repeat the input, the element
+  the padding repeats, read by another slice of the flat input (`_repeats`).
 
 So the rows are one branch-free loop, and only the few rows above and below
 them are evaluated as padded boxes (`_lower._by_rows` joins the three along
-dim 0). The select comes before the function, so the function sees exactly
+dim 0). The selects come before the function, so the function sees exactly
 its windows, as on the tiles: values and derivatives are theirs.
 """
 
 from __future__ import annotations
 
 import functools as ft
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from jax import lax
 from jaxtyping import Array
 
 from ._boundary import fill_value
-from ._geometry import DimLayout
 from ._problem import Problem, Taps
 
 
-def _offsets(layouts: Sequence[DimLayout], tap: Sequence[int]) -> list[int]:
-    """Input offset of window tap `tap` from its output position, per dim
-    (stride 1: output `o` reads input `o + offset`)."""
-    return [t * layout.dilation - layout.lo for t, layout in zip(tap, layouts)]
+# Outside positions `[q0, q1)` along a later dim whose padding repeats the
+# input element `shift` flat positions away, or `None`: the boundary's constant.
+Group = tuple[int, int, int | None]
 
 
-def _flat_offset(shape: Sequence[int], offsets: Sequence[int]) -> int:
-    """`offsets` in the row-major flattened input."""
-    return sum(o * math.prod(shape[d + 1 :]) for d, o in enumerate(offsets))
+@ft.lru_cache(maxsize=1024)
+def _repeats(size: int, offset: int, mode: str, stride: int) -> tuple[Group, ...]:
+    """Along a later dim of `size` read at `offset`: the positions whose read
+    falls outside the input, grouped by the flat shift (`stride` per index) to
+    the element the padding repeats there (`np.pad`'s `mode`)."""
+    low, high = max(0, -offset), max(0, offset)
+    if mode == "constant":
+        spans = [(0, min(low, size)), (max(size - high, 0), size)]
+        return tuple((q0, q1, None) for q0, q1 in spans if q0 < q1)
+    indices = np.pad(np.arange(size), (low, high), mode=mode)  # pyright: ignore
+    groups: list[list[int]] = []
+    for q in range(size):
+        read = q + offset
+        if 0 <= read < size:
+            continue
+        shift = (int(indices[read + low]) - read) * stride
+        if groups and groups[-1][1] == q and groups[-1][2] == shift:
+            groups[-1][1] = q + 1
+        else:
+            groups.append([q, q + 1, shift])
+    return tuple((q0, q1, shift) for q0, q1, shift in groups)
+
+
+def _tap_reads(problem: Problem, tap: Sequence[int]) -> tuple[int, list]:
+    """A tap's flat offset from its output position, and per later dim it
+    leaves the input along: `(dim, groups)` (`_repeats`)."""
+    shape, layouts = problem.fields.shape, problem.layouts
+    strides = [math.prod(shape[d + 1 :]) for d in range(len(shape))]
+    offsets = [t * layout.dilation - layout.lo for t, layout in zip(tap, layouts)]
+    delta = sum(o * s for o, s in zip(offsets, strides))
+    leaving = [
+        (d, _repeats(shape[d], offsets[d], problem.boundary, strides[d]))
+        for d in range(1, len(shape))
+        if offsets[d]
+    ]
+    return delta, [(d, groups) for d, groups in leaving if groups]
 
 
 def row_range(problem: Problem, taps: Taps) -> tuple[int, int] | None:
     """The output rows `[a, b)` that `row_planes` can read, or `None` where the
     row lowering does not apply (a stride, an output extent differing from the
-    input's after dim 0, a non-constant boundary along a later dim, or no such
-    row)."""
+    input's after dim 0, or no such row)."""
     layouts, shape = problem.layouts, problem.fields.shape
     if len(layouts) < 2 or any(layout.stride != 1 for layout in layouts):
         return None
-    later = layouts[1:]
-    if any(layout.out != layout.size for layout in later):
-        return None
-    padded = any(layout.lo or layout.hi for layout in later)
-    if padded and problem.boundary != "constant":
+    if any(layout.out != layout.size for layout in layouts[1:]):
         return None
     a, b = layouts[0].interior
-    # Every tap's slice must lie inside the flat input (a neighbouring row
-    # may be read; one before the first or after the last may not).
+    # Every slice must lie inside the flat input (a neighbouring row may be
+    # read; one before the first or after the last may not).
     row, total = math.prod(shape[1:]), math.prod(shape)
     for _, tap in taps:
-        delta = _flat_offset(shape, _offsets(layouts, tap))
-        a = max(a, -(delta // row))  # ceil(-delta / row)
-        b = min(b, (total - delta) // row)
+        delta, leaving = _tap_reads(problem, tap)
+        shifts = [
+            [0, *(s for *_, s in groups if s is not None)] for _, groups in leaving
+        ]
+        for chosen in itertools.product(*shifts):
+            read = delta + sum(chosen)
+            a = max(a, -(read // row))  # ceil(-read / row)
+            b = min(b, (total - read) // row)
     return (a, b) if a < b else None
 
 
 def row_planes(problem: Problem, taps: Taps, rows: tuple[int, int]) -> list[Array]:
     """Every tap's plane over output rows `rows` and all of every later dim,
-    flattened (row-major): one flat slice of its field each, the boundary's
-    constant selected where the tap falls outside the input along a later
-    dim."""
-    layouts, shape = problem.layouts, problem.fields.shape
+    flattened (row-major): a flat slice of its field, and where the tap leaves
+    the input along a later dim the padding's value selected in."""
+    shape = problem.fields.shape
     a, b = rows
-    row = math.prod(shape[1:])
-    length = (b - a) * row
+    length = (b - a) * math.prod(shape[1:])
     flats = [lax.reshape(x, (x.size,)) for x in problem.fields.arrays]
     coordinates: dict[int, Array] = {}
 
-    def inside(dim: int, offset: int) -> Array:
-        """Where position + `offset` along later dim `dim` lies in the input."""
+    def coordinate(dim: int) -> Array:
+        """Every position's index along later dim `dim`."""
         if dim not in coordinates:
             index = lax.iota(np.int32, length)
             inner = math.prod(shape[dim + 1 :])
             if inner > 1:
                 index = lax.div(index, np.int32(inner))
             coordinates[dim] = lax.rem(index, np.int32(shape[dim]))
-        if offset < 0:
-            return lax.ge(coordinates[dim], np.int32(-offset))
-        return lax.lt(coordinates[dim], np.int32(shape[dim] - offset))
+        return coordinates[dim]
+
+    def within(dim: int, q0: int, q1: int) -> Array:
+        """Where the index along `dim` lies in `[q0, q1)`."""
+        index = coordinate(dim)
+        if q0 == 0:
+            return lax.lt(index, np.int32(q1))
+        if q1 == shape[dim]:
+            return lax.ge(index, np.int32(q0))
+        return lax.bitwise_and(lax.ge(index, np.int32(q0)), lax.lt(index, np.int32(q1)))
 
     planes = []
     for field, tap in taps:
-        offsets = _offsets(layouts, tap)
-        start = a * row + _flat_offset(shape, offsets)
-        plane = lax.slice(flats[field], (start,), (start + length,))
-        masks = [inside(d, o) for d, o in enumerate(offsets) if d > 0 and o != 0]
-        if masks:
-            fill = lax.full((length,), fill_value(problem.cval, plane.dtype))
-            plane = lax.select(ft.reduce(lax.bitwise_and, masks), plane, fill)
-        planes.append(plane)
+        flat = flats[field]
+        delta, leaving = _tap_reads(problem, tap)
+
+        def read(shift: int, flat: Array = flat) -> Array:
+            start = a * math.prod(shape[1:]) + shift
+            return lax.slice(flat, (start,), (start + length,))
+
+        def fill(flat: Array = flat) -> Array:
+            return lax.full((length,), fill_value(problem.cval, flat.dtype))
+
+        planes.append(_select_padding(read, fill, within, leaving, delta))
     return planes
+
+
+def _select_padding(
+    read: Callable[[int], Array],
+    fill: Callable[[], Array],
+    within: Callable[[int, int, int], Array],
+    leaving: list,
+    shift: int,
+) -> Array:
+    """The plane read at flat `shift`, with the padding's value selected in
+    along every dim of `leaving` (`_tap_reads`), the first outermost."""
+    if not leaving:
+        return read(shift)
+    (dim, groups), rest = leaving[0], leaving[1:]
+    plane = _select_padding(read, fill, within, rest, shift)
+    for q0, q1, repeat in groups:
+        if repeat is None:
+            padding = fill()
+        else:
+            padding = _select_padding(read, fill, within, rest, shift + repeat)
+        plane = lax.select(within(dim, q0, q1), padding, plane)
+    return plane

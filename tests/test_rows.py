@@ -18,6 +18,9 @@ import eqx_stencil as es
 import eqx_stencil._lower as lower
 
 
+MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
+
+
 @contextlib.contextmanager
 def row_calls() -> Iterator[list[tuple[int, int]]]:
     """The row ranges the row lowering computes within this context."""
@@ -45,7 +48,8 @@ def tiled() -> Iterator[None]:
 def row_configs(draw):
     """A geometry the row lowering applies to: stride 1, and after dim 0 an
     output of the input's extent (`lo + hi` = the dilated kernel's extent
-    less one, `lo` possibly negative); along dim 0 any padding that fits."""
+    less one, `lo` possibly negative); along dim 0 any padding that fits;
+    any boundary mode."""
     rank = draw(st.integers(2, 3))
     shape, kernel, dilation, padding = [], [], [], []
     for dim in range(rank):
@@ -78,6 +82,7 @@ def row_configs(draw):
             kernel_size=tuple(kernel),
             padding=tuple(padding),
             dilation=tuple(dilation),
+            boundary=draw(st.sampled_from(MODES)),
             cval=draw(st.sampled_from([0.0, 1.5, -2.0])),
         ),
         taps=tuple(taps),
@@ -186,9 +191,16 @@ def _laplacian(u):
         # A kernel wider than a later dim: rows whose slices would leave the
         # flat input are left to the padded bands.
         ((6, 2), dict(kernel_size=(3, 5)), (2, 4)),
+        # Any boundary mode: the padding's value read by another slice.
+        ((8, 8), dict(boundary="wrap"), (1, 7)),
+        ((8, 8), dict(boundary="edge"), (1, 7)),
+        ((8, 8), dict(boundary="reflect", dilation=(1, 2)), (1, 7)),
+        ((5, 4, 6), dict(kernel_size=3, boundary="symmetric"), (1, 4)),
+        # Two positions padded alike along dim 1 (one select for both); the
+        # first and last inner rows would read 2 elements outside the field.
+        ((8, 9), dict(kernel_size=(3, 5)), (2, 6)),
+        ((8, 9), dict(kernel_size=(3, 5), boundary="wrap"), (2, 6)),
         # Does not apply.
-        ((8, 8), dict(boundary="wrap"), None),
-        ((8, 8), dict(boundary="edge"), None),
         ((8, 8), dict(strides=(1, 2)), None),
         ((8, 8), dict(strides=(2, 1)), None),
         ((8, 8), dict(padding=((1, 1), (0, 0))), None),  # narrower output

@@ -26,14 +26,13 @@ N = 32
 # The whole-array pads every gradient below has: the transposes of the
 # interior's five taps and the forward assembly's one.
 INTERIOR_PADS = 6
-# A one-function map assembles its interior and 2 * ndim boundary strips as a
-# sum of tiles padded to the grid (one loop, see `_assemble.tile_together`):
-# the five taps' transposes and those 2 * 2 + 1 forward pads.
-FUSED_MAP_PADS = 5 + 2 * 2 + 1
-# With a constant boundary the row lowering (`_rows.py`) joins its rows and
-# the bands above and below them by a concatenation, which transposes to
-# slices: only the five taps' transposes.
-ROW_MAP_PADS = 5
+# A one-function map of taps takes the row lowering (`_rows.py`): its inner
+# rows read each tap as a slice of the flat input, and a boundary mode that
+# repeats the input reads the repeated element by one more slice per tap
+# that leaves the input (the two horizontal taps). It joins the rows and the
+# bands above and below by a concatenation, which transposes to slices. So
+# the whole-array pads are the transposes of those slices only.
+ROW_MAP_PADS = {"constant": 5, "edge": 7, "reflect": 7, "symmetric": 7, "wrap": 7}
 _PAD = re.compile(r"=\s*[a-z]\w*\[([\d,]*)\]\S*\s+pad\(")
 
 
@@ -107,18 +106,16 @@ def test_boundary_function_adds_no_whole_array_pad_to_the_gradient(name):
     "boundary", ["constant", "edge", "reflect", "symmetric", "wrap"]
 )
 def test_boundary_mode_adds_no_whole_array_pad_to_the_gradient(boundary):
-    """A Laplacian's strips are read from the input in every mode (the wrap
-    strip from both ends); the whole-array pads are those of the interior's
-    five taps and of the forward assembly (one per tile, in one loop), or
-    with the row lowering only the taps'."""
+    """A Laplacian's bands are read from the input in every mode (the wrap
+    band from both ends); the whole-array pads are the transposes of the
+    inner rows' slices (`ROW_MAP_PADS`)."""
     x = _field()
     lap = lambda u: u[1, 0] + u[-1, 0] + u[0, 1] + u[0, -1] - 4 * u[0, 0]  # noqa: E731
     stencil = es.kmap(
         lap, kernel_size=3, padding="same", relative=True, boundary=boundary
     )
     found = whole_array_pads(gradient_hlo(stencil, x), N * N)
-    expected = ROW_MAP_PADS if boundary == "constant" else FUSED_MAP_PADS
-    assert found == expected, (boundary, found)
+    assert found == ROW_MAP_PADS[boundary], (boundary, found)
 
 
 def test_one_function_map_is_one_loop():
