@@ -31,6 +31,7 @@ is linear in its windows (one contraction or convolution of the whole input,
 
 from __future__ import annotations
 
+import functools as ft
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -90,13 +91,14 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
         # lowering.
         ((owner, func),) = table.funcs.items()
         taps = table.taps[owner]
+        whole = None
         if taps is None:
             call, dynamic = _window_call(func, problem)
             boundary = (problem.boundary, problem.cval)
             whole = conv_lowering(
                 call, problem.fields.arrays, problem.layouts, dynamic, boundary
             )
-        else:
+        if whole is None:
             whole = _by_rows(problem, func, taps, table.names[owner])
         if whole is not None:
             return whole
@@ -120,12 +122,14 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
 
 
 def _by_rows(
-    problem: Problem, func: Callable, taps: Taps, name: str
+    problem: Problem, func: Callable, taps: Taps | None, name: str
 ) -> PyTree[Array] | None:
     """`func` on the whole grid by the row lowering (`_rows.py`): its rows,
     and the padded boxes above and below them, joined along dim 0; `None`
-    where it does not apply."""
-    rows = row_range(problem, taps)
+    where it does not apply. `taps`: the taps `func` reads, or `None` for a
+    whole-window function (every tap read, the window lowerings)."""
+    reads = _every_tap(problem) if taps is None else taps
+    rows = row_range(problem, reads)
     if rows is None:
         return None
     (a, b), shape = rows, out_shape(problem.layouts)
@@ -135,29 +139,55 @@ def _by_rows(
     # The rows last: their reads of the input are then the first terms of
     # the input's cotangent, the bands' added into it in place (`lower`).
     planes = [
-        _tap_planes(problem.sources(box), problem.layouts, box, taps, _no_guard)
+        _tap_planes(problem.sources(box), problem.layouts, box, reads, _no_guard)
         for box in boxes
     ]
-    planes.append(row_planes(problem, taps, rows))
+    planes.append(row_planes(problem, reads, rows))
     boxes.append(((a, b), *later))
-    values = [_flat_shift(func, p, problem, box, taps) for p, box in zip(planes, boxes)]
+    if taps is None:
+        evaluate_flat = _flat_windows(func, problem)
+    else:
+        evaluate_flat = ft.partial(_shift_lowering, func, problem=problem, taps=taps)
+    # Each part `vmap`ped once over its positions flattened: the rows' planes
+    # are contiguous and the bands' small (flattening a large strided plane
+    # would cost its gradient a copy).
+    values = [_unflatten(evaluate_flat, part, box) for part, box in zip(planes, boxes)]
     check_outputs(values, boxes, [name] * len(boxes))
     order = sorted(range(len(boxes)), key=lambda i: boxes[i][0])
     parts = [values[i] for i in order]
     return jtu.tree_map(lambda *bands: jnp.concatenate(bands), *parts)
 
 
-def _flat_shift(
-    func: Callable, planes: Sequence[Array], problem: Problem, box: Box, taps: Taps
+def _unflatten(
+    evaluate_flat: Callable, planes: Sequence[Array], box: Box
 ) -> PyTree[Array]:
-    """`_shift_lowering` over `box`'s positions flattened: one `vmap` instead of
-    one per dim (trace time). For contiguous planes (the row lowering's) and
-    small ones (its bands) only: flattening a large strided plane costs its
-    gradient a copy."""
+    """`evaluate_flat` on `box`'s planes flattened, its value reshaped back."""
     shape = tuple(stop - start for start, stop in box)
     flat = [lax.reshape(plane, (plane.size,)) for plane in planes]
-    value = _shift_lowering(func, flat, problem, ((0, math.prod(shape)),), taps)
+    value = evaluate_flat(flat, box=((0, math.prod(shape)),))
     return jtu.tree_map(lambda y: lax.reshape(y, shape + jnp.shape(y)[1:]), value)
+
+
+def _every_tap(problem: Problem) -> Taps:
+    """Every tap of every field's window, field by field."""
+    kernel = tuple(layout.kernel for layout in problem.layouts)
+    fields = problem.fields.structure.num_leaves
+    return tuple((f, tap) for f in range(fields) for tap in np.ndindex(*kernel))
+
+
+def _flat_windows(func: Callable, problem: Problem) -> Callable:
+    """A whole-window `func` at every position of a flat box, from the planes
+    of `_every_tap` (the window lowerings, without the linear ones)."""
+    call, dynamic = _window_call(func, problem)
+    kernel = tuple(layout.kernel for layout in problem.layouts)
+
+    def evaluate_flat(planes: Sequence[Array], box: Box) -> PyTree[Array]:
+        per_field = np.empty((len(planes) // math.prod(kernel), *kernel), object)
+        for i, plane in enumerate(planes):
+            per_field.reshape(-1)[i] = plane
+        return _window_values(call, list(per_field), dynamic, box)
+
+    return evaluate_flat
 
 
 Guard = Callable[[Array], Array]
@@ -259,26 +289,29 @@ def _window_lowering(
         conv = conv_lowering(call, sources, layouts, dynamic)
         if conv is not None:
             return conv
-    unrolled = _unrolled(call, sources, layouts, box, dynamic, guard)
+    planes = [_field_planes(source, layouts, box, guard) for source in sources]
+    return _window_values(call, planes, dynamic, box)
+
+
+def _window_values(
+    call: Callable, planes: Sequence[np.ndarray], dynamic: Any, box: Box
+) -> PyTree[Array]:
+    """`call` on every window of `box`, given every field's planes (object
+    arrays of shape `kernel_size`): unrolled if it applies, else `vmap`ped
+    over the window stacks."""
+    unrolled = _unrolled(call, planes, dynamic)
     if unrolled is not None:
         return unrolled
-    windows = tuple(_windows(source, layouts, box, guard) for source in sources)
+    windows = tuple(_windows(field, box) for field in planes)
     return _map_positions(lambda *ws: call(ws, dynamic), box, windows)
 
 
 def _unrolled(
-    call: Callable,
-    sources: Sequence[Array],
-    layouts: Sequence[DimLayout],
-    box: Box,
-    dynamic: Any,
-    guard: Guard,
+    call: Callable, planes: Sequence[np.ndarray], dynamic: Any
 ) -> PyTree | None:
-    """`call` on every window of `box` by the unrolled lowering, if it applies."""
-    kernel = tuple(layout.kernel for layout in layouts)
-    if len(sources) * math.prod(kernel) > MAX_UNROLLED_TAPS:
+    """`call` by the unrolled lowering, if it applies."""
+    if sum(field.size for field in planes) > MAX_UNROLLED_TAPS:
         return None
-    planes = [_field_planes(source, layouts, box, guard) for source in sources]
     leaves, treedef = jtu.tree_flatten(dynamic)
     out_tree: list = []
 
@@ -289,7 +322,8 @@ def _unrolled(
         out_tree.append(out_def)
         return out_leaves
 
-    outs = unroll(flat, planes, [source.dtype for source in sources], leaves)
+    dtypes = [field.reshape(-1)[0].dtype for field in planes]
+    outs = unroll(flat, planes, dtypes, leaves)
     return None if outs is None else jtu.tree_unflatten(out_tree[0], outs)
 
 
@@ -338,10 +372,8 @@ def _field_planes(
     return planes
 
 
-def _windows(
-    source: Array, layouts: Sequence[DimLayout], box: Box, guard: Guard
-) -> Array:
-    """The window stack of `box`: shape `box_shape + kernel_size`."""
-    planes = _field_planes(source, layouts, box, guard)
+def _windows(planes: np.ndarray, box: Box) -> Array:
+    """The window stack of `box` from one field's planes: shape
+    `box_shape + kernel_size`."""
     shape = tuple(stop - start for start, stop in box)
     return jnp.stack(list(planes.reshape(-1)), axis=-1).reshape(shape + planes.shape)

@@ -294,3 +294,74 @@ def test_row_outputs_of_any_structure(func, leaves):
     for leaf, numpy_leaf in zip(jax.tree.leaves(out), leaves):
         expected = reference_kmap(numpy_leaf, x, **geometry)
         np.testing.assert_allclose(np.asarray(leaf), expected, rtol=1e-6)
+
+
+WINDOW_FUNCTIONS = {
+    # unrolled: a reduction of the planes
+    "max": (lambda w: jnp.max(w), lambda w: np.max(w)),
+    "nonlinear sum": (
+        lambda w: jnp.sum(jnp.tanh(w) * jnp.arange(w.size).reshape(w.shape)),
+        lambda w: np.sum(np.tanh(w) * np.arange(w.size).reshape(w.shape)),
+    ),
+    # the window itself (patches)
+    "patches": (lambda w: w, lambda w: w),
+    # no plane rule for sort: `vmap` over the window stacks
+    "median": (
+        lambda w: jnp.sort(w.reshape(-1))[w.size // 2],
+        lambda w: np.sort(w.reshape(-1))[w.size // 2],
+    ),
+}
+
+
+@settings(max_examples=20, deadline=None)
+@given(config=row_configs(), name=st.sampled_from(sorted(WINDOW_FUNCTIONS)))
+def test_window_functions_by_rows(config, name):
+    """Whole-window functions (the unrolled and `vmap` window lowerings) by
+    the row lowering: values against NumPy and the tiles, and gradients
+    against the tiles."""
+    jax_func, numpy_func = WINDOW_FUNCTIONS[name]
+    x = _input(config)
+    kwargs = config["kwargs"]
+    expected = reference_kmap(numpy_func, x, **kwargs)
+
+    def loss(u, stencil):
+        return jnp.sum(jnp.cos(stencil(u)))
+
+    with row_calls() as calls:
+        stencil = es.kmap(jax_func, **kwargs)
+        rows = jax.jit(stencil)(x)
+        rows_grad = jax.jit(jax.grad(loss), static_argnums=1)(x, stencil)
+    with tiled():
+        stencil = es.kmap(jax_func, **kwargs)
+        tiles = jax.jit(stencil)(x)
+        tiles_grad = jax.jit(jax.grad(loss), static_argnums=1)(x, stencil)
+    np.testing.assert_allclose(np.asarray(rows), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(rows), np.asarray(tiles), rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.asarray(rows_grad), np.asarray(tiles_grad), rtol=1e-5, atol=1e-5
+    )
+    assert len(calls) <= 2  # the value's and the gradient's trace
+
+
+def test_game_of_life_by_rows():
+    """Bools, a periodic board and a whole-window count: the row lowering."""
+    board = np.random.default_rng(5).random((9, 11)) < 0.4
+
+    def life(w):
+        alive = jnp.sum(w) - w[1, 1]
+        return (alive == 3) | (w[1, 1] & (alive == 2))
+
+    def numpy_life(w):
+        alive = np.sum(w) - w[1, 1]
+        return (alive == 3) | (w[1, 1] & (alive == 2))
+
+    stencil = es.kmap(life, kernel_size=3, padding="same", boundary="wrap")
+    with row_calls() as calls:
+        out = jax.jit(stencil)(board)
+    assert calls
+    expected = reference_kmap(
+        numpy_life, board.astype(np.int32), 3, padding="same", boundary="wrap"
+    )
+    np.testing.assert_array_equal(np.asarray(out), expected)
