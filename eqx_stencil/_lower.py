@@ -1,10 +1,10 @@
 """Lowering a map stencil to whole-array JAX operations: `lower`.
 
 `lower(problem, table)` evaluates the table's functions box by box and
-assembles the boxes (`_assemble.py`), except for one function everywhere that
-is linear in its windows (one contraction or convolution of the whole input,
-`_conv_lowering.py`) or reads taps, where the row lowering applies
-(`_by_rows`: inner rows as flat slices of the input, `_rows.py`):
+assembles the boxes (`_assemble.py`), except for one function everywhere:
+linear in its windows, it may be one contraction or convolution of the whole
+input (`_conv_lowering.py`); else, where the row lowering applies, its inner
+rows read every tap as a flat slice of the input (`_by_rows`, `_rows.py`):
 
 - the output grid is split into boxes of one owner each (`_regions.decompose`:
   the interior, whose windows lie inside the unpadded input, and thin boundary

@@ -3,8 +3,9 @@
 XLA:CPU emits a `pad` inside a loop as a branch per element, which keeps the
 loop from vectorising, so the fused join of `_assemble` (every tile padded to
 the grid and summed) runs at about half the copy's bandwidth. When one function
-is applied with stride 1 and the output has the input's extent in every dim but
-the first, most rows need no padding at all:
+(of taps, or of its whole window) is applied with stride 1 and the output has
+the input's extent in every dim but the first, most rows need no padding at
+all:
 
 - along dim 0 the rows `row_range` picks read only input rows;
 - along the later dims, a tap's plane over those rows is one contiguous slice
