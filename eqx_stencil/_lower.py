@@ -86,9 +86,8 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
     if problem.fuse_tiles and len(table.funcs) == 1:
         # One function everywhere (not on a shard, whose padding is its
         # neighbours' halo: `HaloProblem.padded`): a linear whole-window
-        # function is one contraction or convolution of the whole input, its
-        # padding folded in; a function of taps, where it applies, the row
-        # lowering.
+        # function may be one contraction or convolution of the whole input,
+        # its padding folded in; else, where it applies, the row lowering.
         ((owner, func),) = table.funcs.items()
         taps = table.taps[owner]
         whole = None
