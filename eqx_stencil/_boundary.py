@@ -59,6 +59,14 @@ def _dim_runs(size: int, lo: int, start: int, stop: int, mode: str) -> tuple[Run
     return tuple(_index_runs(segments))
 
 
+def padding_source(size: int, index: int, mode: str) -> int | None:
+    """The input index that `mode`'s padding repeats at input coordinate
+    `index` of a dim of length `size` (outside `[0, size)`), or `None` where
+    it is the constant fill."""
+    ((first, _, _),) = _dim_runs(size, 0, index, index + 1, mode)
+    return None if first == _FILL else first
+
+
 def fill_value(cval: Cval, dtype: Any) -> np.ndarray:
     """`cval` in `dtype`, or a `ValueError` if it has no value there."""
     dtype = np.dtype(dtype)

@@ -182,8 +182,9 @@ def _flat_windows(func: Callable, problem: Problem) -> Callable:
 
     def evaluate_flat(planes: Sequence[Array], box: Box) -> PyTree[Array]:
         per_field = np.empty((len(planes) // math.prod(kernel), *kernel), object)
+        flat = per_field.reshape(-1)  # a view
         for i, plane in enumerate(planes):
-            per_field.reshape(-1)[i] = plane
+            flat[i] = plane
         return _window_values(call, list(per_field), dynamic, box)
 
     return evaluate_flat

@@ -32,7 +32,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array
 
-from ._boundary import fill_value
+from ._boundary import fill_value, padding_source
 from ._problem import Problem, Taps
 
 
@@ -45,18 +45,14 @@ Group = tuple[int, int, int | None]
 def _repeats(size: int, offset: int, mode: str, stride: int) -> tuple[Group, ...]:
     """Along a later dim of `size` read at `offset`: the positions whose read
     falls outside the input, grouped by the flat shift (`stride` per index) to
-    the element the padding repeats there (`np.pad`'s `mode`)."""
-    low, high = max(0, -offset), max(0, offset)
-    if mode == "constant":
-        spans = [(0, min(low, size)), (max(size - high, 0), size)]
-        return tuple((q0, q1, None) for q0, q1 in spans if q0 < q1)
-    indices = np.pad(np.arange(size), (low, high), mode=mode)  # pyright: ignore
-    groups: list[list[int]] = []
+    the element the padding repeats there (`_boundary.padding_source`)."""
+    groups: list[list] = []
     for q in range(size):
         read = q + offset
         if 0 <= read < size:
             continue
-        shift = (int(indices[read + low]) - read) * stride
+        source = padding_source(size, read, mode)
+        shift = None if source is None else (source - read) * stride
         if groups and groups[-1][1] == q and groups[-1][2] == shift:
             groups[-1][1] = q + 1
         else:
@@ -110,7 +106,8 @@ def row_planes(problem: Problem, taps: Taps, rows: tuple[int, int]) -> list[Arra
     the input along a later dim the padding's value selected in."""
     shape = problem.fields.shape
     a, b = rows
-    length = (b - a) * math.prod(shape[1:])
+    row = math.prod(shape[1:])
+    length = (b - a) * row
     flats = [lax.reshape(x, (x.size,)) for x in problem.fields.arrays]
     coordinates: dict[int, Array] = {}
 
@@ -139,7 +136,7 @@ def row_planes(problem: Problem, taps: Taps, rows: tuple[int, int]) -> list[Arra
         delta, leaving = _tap_reads(problem, tap)
 
         def read(shift: int, flat: Array = flat) -> Array:
-            start = a * math.prod(shape[1:]) + shift
+            start = a * row + shift
             return lax.slice(flat, (start,), (start + length,))
 
         def fill(flat: Array = flat) -> Array:
