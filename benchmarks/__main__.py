@@ -54,7 +54,8 @@ CASES: dict[str, Case] = {
     "conv64": runtime(lambda: conv.case(64, 512)),
     "conv64-256": runtime(lambda: conv.case(64, 256)),
     # The rule's thresholds (`_conv_lowering`), each from both sides. Outputs
-    # per channel (the contraction, then the convolution): judged. Channels
+    # (the contraction, then the convolution) and the contraction's planes
+    # (180 MiB, then 216 MiB; `MAX_PLANES_BYTES`): judged. Channels
     # (slices, then the contraction): forward and value-and-gradients shown,
     # the rule weighing both. Taps times outputs (slices, then the
     # convolution): a bound on the slices' compile time, run times shown.
@@ -70,8 +71,10 @@ CASES: dict[str, Case] = {
     "conv-channels-above-grad": runtime(
         lambda: conv.threshold_case(4, 3, 1, 1024, gradient=True, bar=False)
     ),
-    "conv-outputs-below": runtime(lambda: conv.threshold_case(16, 3, 5, 256)),
-    "conv-outputs-above": runtime(lambda: conv.threshold_case(16, 3, 6, 256)),
+    "conv-outputs-below": runtime(lambda: conv.threshold_case(16, 3, 7, 256)),
+    "conv-outputs-above": runtime(lambda: conv.threshold_case(16, 3, 8, 256)),
+    "conv-planes-below": runtime(lambda: conv.threshold_case(16, 3, 5, 1024)),
+    "conv-planes-above": runtime(lambda: conv.threshold_case(16, 3, 6, 1024)),
     "conv-taps-below": runtime(lambda: conv.threshold_case(1, 3, 15, 256, bar=False)),
     "conv-taps-above": runtime(lambda: conv.threshold_case(1, 3, 16, 256, bar=False)),
     "maxpool": runtime(pooling.case),

@@ -125,7 +125,9 @@ def threshold_case(
     func = window_sum if outputs == 1 else _into_outputs
     stencil = es.kmap(func, kernel_size=(c, k, k), padding=PADDING)
     taps = c * k * k
-    picked = conv_lowering.lowering_for(taps, outputs, c)
+    # The planes of a contraction of the padded image ("same": n + k - 1).
+    plane_bytes = 4 * k * k * (n + k - 1) ** 2
+    picked = conv_lowering.lowering_for(taps, outputs, c, plane_bytes)
     timed = _value_and_gradients if gradient else (lambda fn: fn)
 
     def variant(name: str, fn: Callable[..., Any]) -> Variant:

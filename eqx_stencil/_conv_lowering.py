@@ -20,19 +20,27 @@ constant term, no custom derivative rule, no effect), its dtypes are real
 floating point, and one of these holds; else it keeps the slice lowerings
 (`_unroll.py`, `vmap`):
 
-- **contraction** when it has at least `MIN_CONTRACTED` channels and
-  `CHANNELS_PER_OUTPUT` per output entry, on the backends in
-  `CONTRACT_FIRST_BACKENDS` (measured on the CPU only; other backends keep
-  their vendor's convolution), outside `no_contraction()` (`es.nn.Conv`).
-  XLA:CPU's convolution runs one output at about 4 GFLOP/s: with 16
-  channels into one output the contraction takes 0.21× its time (its
-  gradient 0.41×), with 64 channels 0.22–0.28×. At 3 channels its forward
-  pass is still 1.5× faster than the slices', but the slices' value and
-  gradients take 0.86× its time and their forward runs at 0.2× the
-  convolution's already, so they stay; at 4 channels the contraction's
-  forward takes 0.56× the slices' time and its value and gradients 0.84×.
-  From 16 channels into 6 outputs the convolution is as fast, then faster
-  (16 into 8: 0.6×);
+- **contraction** when it has at least `MIN_CONTRACTED` channels and at
+  most `FEW_OUTPUTS` output entries, or fewer than `VECTOR_OUTPUTS` whose
+  planes (the product's `outputs × kernel taps × pixels`) take at most
+  `MAX_PLANES_BYTES`, on the backends in `CONTRACT_FIRST_BACKENDS`
+  (measured on the CPU only; other backends keep their vendor's
+  convolution), outside `no_contraction()` (`es.nn.Conv`). XLA:CPU's
+  convolution computes 8 output channels at once (its vector width): into
+  one output it runs at about 4 GFLOP/s, and the contraction takes 0.21× its
+  time at 16 channels (its gradient 0.41×), 0.22–0.28× at 64; into 2–4
+  outputs 0.2–0.6× at 4–64 channels from 256² to 1024² (at 2048², 4 into 4:
+  1.0×). Into 5–7 outputs the contraction wins while its planes stay in
+  `MAX_PLANES_BYTES` (16 channels into 7 at 256², 16 MiB: 0.5×; at 724²,
+  126 MiB: 0.6–0.7×; into 5 at 1024², 180 MiB: 0.77×) and loses past it
+  (into 6 at 1024², 216 MiB: 1.0× at 16 channels, 1.15× at 8; into 7,
+  252 MiB: 1.5×). From 8 outputs the convolution's vectors are full: it is
+  faster (16 into 8: 0.5–0.7× the contraction's time; 64 into 20: 0.3×),
+  except at 20–64 channels into 9–12 outputs at 256², where the contraction
+  measured 1.5–3× faster and the rule still picks the convolution (the
+  convolution wins at 8–16 channels there, and at 1024²). At 3 channels
+  the slices stay: the contraction's forward is 1.5× faster, but the
+  slices' value and gradients take 0.86× its time;
 - **convolution** with at least `MIN_CONV_TAPS` multiply-adds per output
   position (taps, i.e. fields times window size, times output entries), or
   any number inside `always_conv()` (`es.nn.Conv`): past it the unrolled
@@ -73,12 +81,15 @@ from ._identity import on_identity
 # computed by a convolution (measured on XLA:CPU: `benchmarks/conv.py`, see
 # the rule above).
 MIN_CONV_TAPS = 144
-# With at least `CHANNELS_PER_OUTPUT` contracted channels per output entry,
-# and at least `MIN_CONTRACTED`, the channels are contracted first
-# (`_contract_then_shift`), on the backends where that was measured faster
+# With at least `MIN_CONTRACTED` contracted channels, the channels are
+# contracted first (`_contract_then_shift`) into at most `FEW_OUTPUTS`
+# output entries, or into fewer than `VECTOR_OUTPUTS` whose planes take at
+# most `MAX_PLANES_BYTES`, on the backends where that was measured faster
 # than the convolution and the slices (`benchmarks/conv.py`).
-CHANNELS_PER_OUTPUT = 3
 MIN_CONTRACTED = 4
+FEW_OUTPUTS = 4
+VECTOR_OUTPUTS = 8
+MAX_PLANES_BYTES = 192 * 2**20
 CONTRACT_FIRST_BACKENDS = frozenset({"cpu"})
 _ALWAYS = contextvars.ContextVar("eqx_stencil_always_conv", default=False)
 _NO_CONTRACTION = contextvars.ContextVar("eqx_stencil_no_contraction", default=False)
@@ -88,16 +99,21 @@ _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-def lowering_for(taps: int, outputs: int, contracted: int) -> str:
+def lowering_for(taps: int, outputs: int, contracted: int, plane_bytes: int) -> str:
     """The rule: which of `LOWERINGS` computes a linear function of `taps`
     taps (fields times window size) into `outputs` entries, `contracted` of
-    the taps being channels."""
+    the taps being channels, whose contraction would make `plane_bytes` of
+    planes (one per kernel tap) per output entry."""
     forced = _FORCED.get()
     if forced is not None:
         return forced
+    few_outputs = outputs <= FEW_OUTPUTS or (
+        outputs < VECTOR_OUTPUTS and outputs * plane_bytes <= MAX_PLANES_BYTES
+    )
     if (
         not _NO_CONTRACTION.get()
-        and contracted >= max(MIN_CONTRACTED, CHANNELS_PER_OUTPUT * outputs)
+        and contracted >= MIN_CONTRACTED
+        and few_outputs
         and jax.default_backend() in CONTRACT_FIRST_BACKENDS
     ):
         return "contraction"
@@ -234,11 +250,13 @@ def _weights(
     windows: Sequence[jax.ShapeDtypeStruct],
     dynamic: Any,
     contracted: int,
+    plane_bytes: int,
 ) -> tuple[Array, list[tuple[tuple[int, ...], Any]], PyTree, str] | None:
     """The weights `(outputs, fields, *kernel)` of a linear `call`, each output
     leaf's shape and dtype, the output structure and the lowering the rule
-    picks for `contracted` channels (`lowering_for`); `None` if `call` is
-    not linear in its windows or the rule picks the slices."""
+    picks for `contracted` channels and `plane_bytes` of planes per output
+    entry (`lowering_for`); `None` if `call` is not linear in its windows or
+    the rule picks the slices."""
     out_tree: list[Any] = []
 
     def flat(*arrays: Array) -> list[Array]:
@@ -257,7 +275,7 @@ def _weights(
         return None
     sizes = [math.prod(shape) for shape, _ in leaves]
     taps = sum(math.prod(window.shape) for window in windows)
-    lowering = lowering_for(taps, sum(sizes), contracted)
+    lowering = lowering_for(taps, sum(sizes), contracted, plane_bytes)
     if lowering == "slices":
         return None
     transpose = jax.linear_transpose(flat, *windows)
@@ -437,11 +455,17 @@ def conv_lowering(
     channels = [d for d, c in enumerate(channel) if c]
     contracted = len(arrays) * math.prod(extents[d] for d in channels)
     # The rule counts the dims the window covers in the whole input, not in
-    # a tile (a boundary strip's source may be one window wide).
-    whole = [n.kernel for n in layouts if n.padded_size == n.kernel == n.span]
-    rule_channels = len(arrays) * math.prod(whole)
+    # a tile (a boundary strip's source may be one window wide); the others
+    # make the planes of a contraction of the whole input.
+    whole = [n.padded_size == n.kernel == n.span for n in layouts]
+    rule_channels = len(arrays) * math.prod(
+        n.kernel for n, w in zip(layouts, whole) if w
+    )
+    plane_bytes = arrays[0].dtype.itemsize * math.prod(
+        n.kernel * n.padded_size for n, w in zip(layouts, whole) if not w
+    )
     windows = [jax.ShapeDtypeStruct(kernel, x.dtype) for x in arrays]
-    found = _weights(call, windows, dynamic, rule_channels)
+    found = _weights(call, windows, dynamic, rule_channels, plane_bytes)
     if found is None:
         return None
     weights, leaves, structure, lowering = found

@@ -121,21 +121,32 @@ def _into(outputs: int):
     return func
 
 
+# The planes of one output entry's contraction below: 9 taps of the padded
+# (11, 12) image, float32.
+PLANE_BYTES = 4 * 9 * 11 * 12
+
+
 @pytest.mark.parametrize(
-    "channels, outputs, backends, expected",
+    "channels, outputs, max_planes, backends, expected",
     [
-        (4, 1, {"cpu"}, ["contraction"]),  # MIN_CONTRACTED channels
-        (3, 1, {"cpu"}, []),  # 27 taps: the slices
-        (16, 5, {"cpu"}, ["contraction"]),
-        (16, 6, {"cpu"}, ["convolution"]),  # under CHANNELS_PER_OUTPUT per output
-        (16, 1, set(), ["convolution"]),  # a backend not measured
-        (8, 1, set(), []),  # ... and too few taps for its convolution
+        (4, 1, None, {"cpu"}, ["contraction"]),  # MIN_CONTRACTED channels
+        (3, 1, None, {"cpu"}, []),  # 27 taps: the slices
+        (16, 7, None, {"cpu"}, ["contraction"]),
+        (16, 8, None, {"cpu"}, ["convolution"]),  # VECTOR_OUTPUTS
+        (64, 8, None, {"cpu"}, ["convolution"]),  # ... however many channels
+        (16, 5, 5 * PLANE_BYTES, {"cpu"}, ["contraction"]),  # MAX_PLANES_BYTES
+        (16, 5, 5 * PLANE_BYTES - 1, {"cpu"}, ["convolution"]),
+        (4, 4, 0, {"cpu"}, ["contraction"]),  # FEW_OUTPUTS: any planes
+        (16, 1, None, set(), ["convolution"]),  # a backend not measured
+        (8, 1, None, set(), []),  # ... and too few taps for its convolution
     ],
 )
-def test_the_rule_picks_by_channels_per_output_and_taps(
-    monkeypatch, channels, outputs, backends, expected
+def test_the_rule_picks_by_channels_outputs_planes_and_taps(
+    monkeypatch, channels, outputs, max_planes, backends, expected
 ):
     monkeypatch.setattr(conv_lowering, "CONTRACT_FIRST_BACKENDS", frozenset(backends))
+    if max_planes is not None:
+        monkeypatch.setattr(conv_lowering, "MAX_PLANES_BYTES", max_planes)
     x, weights = _x((channels, 9, 10)), _x((8, channels, 3, 3), 1)
     stencil = es.kmap(_into(outputs), kernel_size=(-1, 3, 3), padding=(0, 1, 1))
     assert forms_of(stencil, x, weights) == expected
