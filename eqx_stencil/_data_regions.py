@@ -24,10 +24,9 @@ owner's own value in the place of a layer that cannot win there: the pick
 never names it there), the tiles are assembled candidate by candidate, and
 `finish` selects with one `lax.select_n` over the whole output, the
 hand-written `jnp.where(mask, obstacle, step(u))`. Selecting last, not tile by
-tile, matters: XLA then fuses the tiles' assembly (the interior's pad, the
-boundary strips) into that one selection loop, whose output needs no copy in a
-`fori_loop`; a per-tile selection left the in-place strip writes as separate
-kernels plus a copy of the whole array per step. A sweep (`kscan`) selects
+tile, matters: XLA then fuses the tiles' assembly (their concatenation) into
+that one selection loop; a per-tile selection left the strip writes as
+separate kernels plus a copy of the whole array per step. A sweep (`kscan`) selects
 per position, since a later window reads the picked value. The masks travel
 as extra (hidden) fields of the problem, read at the anchor tap: the map
 lowerings slice them like the input, `kscan` reads them from its working

@@ -107,13 +107,16 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
         boxes, order = zip(*tiles)
         shape = out_shape(problem.layouts)
         values = evaluate_boxes(boxes, order, [None] * len(boxes))
-        # One function's interior and boundary strips: one loop (compile time).
-        fused = (
-            problem.fuse_tiles
-            and len(table.funcs) == 1
-            and len(boxes) <= 2 * len(shape) + 1
-        )
-        return tile_together(shape, tiling, boxes, values, fused=fused)
+        # One function's interior and boundary strips: one loop (compile
+        # time). A shard's tiles are written in place: its interior does not
+        # wait for the halos.
+        if not problem.fuse_tiles:
+            assembly = "in_place"
+        elif len(table.funcs) == 1 and len(boxes) <= 2 * len(shape) + 1:
+            assembly = "sum"
+        else:
+            assembly = "concatenate"
+        return tile_together(shape, tiling, boxes, values, assembly)
     owners = list(table.funcs)
     boxes, masks = zip(*(owner_mask(table.plan, owner) for owner in owners))
     values = evaluate_boxes(boxes, owners, masks)

@@ -230,7 +230,7 @@ def _step(
         values.append(_written_back(value, box, problem, table.names[owner]))
     boxes = [box for box, _ in tiles]
     check_outputs(values, boxes, [table.names[owner] for _, owner in tiles])
-    blocks = tile_together((1,) * m + trail, tiling, boxes, values)
+    blocks = tile_together((1,) * m + trail, tiling, boxes, values, "in_place")
     row = tuple(jnp.asarray(block, field.dtype) for block, field in zip(blocks, work))
     return working.write(work, lead, row)
 

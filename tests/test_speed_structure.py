@@ -24,8 +24,8 @@ import eqx_stencil as es
 
 N = 32
 # The whole-array pads every gradient below has: the transposes of the
-# interior's five taps and the forward assembly's one.
-INTERIOR_PADS = 6
+# interior's five taps (the tiles are concatenated, not padded into place).
+INTERIOR_PADS = 5
 # A one-function map of taps takes the row lowering (`_rows.py`): its inner
 # rows read each tap as a slice of the flat input, and a boundary mode that
 # repeats the input reads the repeated element by one more slice per tap
@@ -126,6 +126,20 @@ def test_one_function_map_is_one_loop():
     hlo = jax.jit(stencil).lower(_field()).compile().as_text()
     assert hlo is not None
     assert hlo.count(" fusion(") == 1, hlo
+
+
+def test_vmap_compiles_the_kernels_of_one_call():
+    """A multi-region map's tiles are concatenated (`_assemble.tile_together`):
+    JAX would batch a tile written in place as a `scatter`, which XLA:CPU
+    does not fuse into the loop that consumes it. So a batch of the heat step
+    compiles to the kernels of one step, none a scatter."""
+    stencil = heat(DIRICHLET["constant"])
+    x = _field()
+    single = jax.jit(stencil).lower(x).compile().as_text()
+    batched = jax.jit(jax.vmap(stencil)).lower(jnp.stack([x, -x])).compile().as_text()
+    assert single is not None and batched is not None
+    assert "scatter" not in batched, batched
+    assert batched.count(" fusion(") == single.count(" fusion("), batched
 
 
 @pytest.mark.parametrize("name", ["kernex-style", "nonlinear"])

@@ -92,6 +92,52 @@ def test_vmap_over_extra_argument():
     np.testing.assert_allclose(out, expected)
 
 
+def _walls(interior, edge):
+    """`interior` inside, `edge` on the four walls (each its own region)."""
+    stencil = es.kmap(kernel_size=(3, 3), padding="same", relative=True)
+    stencil = stencil.at[1:-1, 1:-1].set(interior)
+    every = slice(None)
+    for wall in ((0, every), (-1, every), (every, 0), (every, -1)):
+        stencil = stencil.at[wall].set(edge)
+    return stencil
+
+
+REGION_CASES = {
+    # Tiles of every batching: the interior reads the input, the walls are
+    # constant (unbatched updates written into a batched grid) ...
+    "constant walls": (lambda u: u[0, 0] + 0.1 * laplacian(u), lambda u: 0.0),
+    # ... and the other way round (batched walls into an unbatched grid).
+    "constant interior": (lambda u: 1.0, lambda u: u[0, 0] * u[0, 1]),
+    "both read": (lambda u: jnp.sin(laplacian(u)), lambda u: u[0, 0] ** 2),
+    "bool": (lambda u: u[0, 0] > u[1, 0], lambda u: jnp.zeros((), bool)),
+}
+
+
+@pytest.mark.parametrize("name", list(REGION_CASES))
+def test_vmap_over_a_multi_region_stencil(name):
+    """A batch of a stencil whose tiles are assembled (`_assemble.py`), in any
+    axis and nested, equals the examples one by one, as do its gradients
+    (mapped and of the mapped)."""
+    stencil = _walls(*REGION_CASES[name])
+    xs = _x((3, 2, 7, 6))
+    each = np.stack([[stencil(x) for x in row] for row in xs])
+    nested = jax.jit(jax.vmap(jax.vmap(stencil)))(xs)
+    np.testing.assert_array_equal(nested, each)
+    moved = jax.jit(jax.vmap(stencil, in_axes=1, out_axes=1))(xs[0].swapaxes(0, 1))
+    np.testing.assert_array_equal(moved, each[0].swapaxes(0, 1))
+    if name == "bool":
+        return
+
+    def loss(x):
+        return jnp.sum(jnp.cos(stencil(x)))
+
+    expected = np.stack([jax.grad(loss)(x) for x in xs[0]])
+    of_mapped = jax.grad(lambda xs: jnp.sum(jax.vmap(loss)(xs)))(xs[0])
+    mapped = jax.jit(jax.vmap(jax.grad(loss)))(xs[0])
+    for found in (of_mapped, mapped):
+        np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------
 # Gradients against the input and against extra arguments.
 
