@@ -26,10 +26,10 @@ never names it there), the tiles are assembled candidate by candidate, and
 hand-written `jnp.where(mask, obstacle, step(u))`. Selecting last, not tile by
 tile, matters: XLA then fuses the tiles' assembly (their concatenation) into
 that one selection loop; a per-tile selection left the strip writes as
-separate kernels plus a copy of the whole array per step. A sweep (`kscan`) selects
-per position, since a later window reads the picked value. The masks travel
-as extra (hidden) fields of the problem, read at the anchor tap: the map
-lowerings slice them like the input, `kscan` reads them from its working
+separate kernels plus a copy of the whole array per step. A sweep (`kscan`)
+selects per position, since a later window reads the picked value. The masks
+travel as extra (hidden) fields of the problem, read at the anchor tap: the
+map lowerings slice them like the input, `kscan` reads them from its working
 array at every step (the sweep honours data regions) and the sharded path
 exchanges their halos like the input's.
 
