@@ -16,9 +16,10 @@ rows read every tap as a flat slice of the input (`_by_rows`, `_rows.py`):
   the box's source (a *plane*: the tap's value at every output position):
 
   - shift lowering (the function only indexes its window with integers: the
-    table's recorded taps): the function is `vmap`ped over output positions
-    with just those planes, so `x[1, 0] + x[-1, 0]` becomes plane + plane,
-    exactly the hand-written program;
+    table's recorded taps): the function's program, traced once when its
+    taps were recorded, is evaluated on just those planes (else the function
+    is `vmap`ped over output positions with them), so `x[1, 0] + x[-1, 0]`
+    becomes plane + plane, exactly the hand-written program;
   - window lowering (the function uses the whole window): one contraction
     or convolution for linear functions of enough channels or taps
     (`_conv_lowering.py`), else the unrolled
@@ -47,7 +48,7 @@ from jaxtyping import Array, PyTree
 from ._assemble import check_outputs, select_masked, tile_together
 from ._conv_lowering import conv_lowering
 from ._geometry import DimLayout, out_shape
-from ._problem import Problem, Table, Tap, Taps, tap_proxies
+from ._problem import Problem, Table, Tap, TapProgram, Taps, tap_proxies
 from ._regions import Box, decompose, owner_mask
 from ._rows import row_planes, row_range
 from ._unroll import unroll
@@ -78,7 +79,12 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
         for i in sorted(range(len(boxes)), key=lambda i: _volume(boxes[i])):
             owner = order[i]
             values[i] = evaluate(
-                problem, table.funcs[owner], boxes[i], table.taps[owner], masks[i]
+                problem,
+                table.funcs[owner],
+                boxes[i],
+                table.taps[owner],
+                table.programs[owner],
+                masks[i],
             )
         check_outputs(values, boxes, [table.names[o] for o in order])
         return values
@@ -98,7 +104,8 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
                 call, problem.fields.arrays, problem.layouts, dynamic, boundary
             )
         if whole is None:
-            whole = _by_rows(problem, func, taps, table.names[owner])
+            program = table.programs[owner]
+            whole = _by_rows(problem, func, taps, program, table.names[owner])
         if whole is not None:
             return whole
     tiled = decompose(table.plan)
@@ -124,12 +131,17 @@ def lower(problem: Problem, table: Table) -> PyTree[Array]:
 
 
 def _by_rows(
-    problem: Problem, func: Callable, taps: Taps | None, name: str
+    problem: Problem,
+    func: Callable,
+    taps: Taps | None,
+    program: TapProgram | None,
+    name: str,
 ) -> PyTree[Array] | None:
     """`func` on the whole grid by the row lowering (`_rows.py`): its rows,
     and the padded boxes above and below them, joined along dim 0; `None`
     where it does not apply. `taps`: the taps `func` reads, or `None` for a
-    whole-window function (every tap read, the window lowerings)."""
+    whole-window function (every tap read, the window lowerings); `program`:
+    its program, if any (`Table`)."""
     reads = _every_tap(problem) if taps is None else taps
     rows = row_range(problem, reads)
     if rows is None:
@@ -149,11 +161,22 @@ def _by_rows(
     if taps is None:
         evaluate_flat = _flat_windows(func, problem)
     else:
-        evaluate_flat = ft.partial(_shift_lowering, func, problem=problem, taps=taps)
-    # Each part `vmap`ped once over its positions flattened: the rows' planes
-    # are contiguous and the bands' small (flattening a large strided plane
-    # would cost its gradient a copy).
-    values = [_unflatten(evaluate_flat, part, box) for part, box in zip(planes, boxes)]
+        evaluate_flat = ft.partial(
+            _shift_lowering, func, problem=problem, taps=taps, program=None
+        )
+
+    def evaluate_part(part: list[Array], box: Box) -> PyTree[Array]:
+        # The program runs on the planes as they are (the bands' are boxes,
+        # the rows' flat); else each part is `vmap`ped once over its positions
+        # flattened: the rows' planes are contiguous and the bands' small
+        # (flattening a large strided plane would cost its gradient a copy).
+        if taps is not None and program is not None:
+            value = program.apply(taps, part, problem.args, problem.kwargs)
+            if value is not None:
+                return _reshaped(value, box, part[0].ndim)
+        return _unflatten(evaluate_flat, part, box)
+
+    values = [evaluate_part(part, box) for part, box in zip(planes, boxes)]
     check_outputs(values, boxes, [name] * len(boxes))
     order = sorted(range(len(boxes)), key=lambda i: boxes[i][0])
     parts = [values[i] for i in order]
@@ -164,10 +187,16 @@ def _unflatten(
     evaluate_flat: Callable, planes: Sequence[Array], box: Box
 ) -> PyTree[Array]:
     """`evaluate_flat` on `box`'s planes flattened, its value reshaped back."""
+    size = _volume(box)
+    flat = [lax.reshape(plane, (size,)) for plane in planes]
+    return _reshaped(evaluate_flat(flat, box=((0, size),)), box, 1)
+
+
+def _reshaped(value: PyTree[Array], box: Box, ndim: int) -> PyTree[Array]:
+    """`value`, whose leaves' first `ndim` dims run over `box`'s positions,
+    with those dims reshaped to `box`'s shape."""
     shape = tuple(stop - start for start, stop in box)
-    flat = [lax.reshape(plane, (plane.size,)) for plane in planes]
-    value = evaluate_flat(flat, box=((0, math.prod(shape)),))
-    return jtu.tree_map(lambda y: lax.reshape(y, shape + jnp.shape(y)[1:]), value)
+    return jtu.tree_map(lambda y: lax.reshape(y, shape + jnp.shape(y)[ndim:]), value)
 
 
 def _every_tap(problem: Problem) -> Taps:
@@ -215,16 +244,18 @@ def evaluate(
     func: Callable,
     box: Box,
     taps: Taps | None,
+    program: TapProgram | None,
     mask: np.ndarray | None = None,
 ) -> PyTree[Array]:
     """`func` on every window whose output position lies in `box` (and in
-    `mask`, if given: see `mask_guard`)."""
+    `mask`, if given: see `mask_guard`); `taps` and `program` as the table
+    records them."""
     if mask is None:
         known = problem.precomputed(box, func)
         if known is not None:
             return known
     sources = problem.sources(box)
-    return evaluate_on(problem, func, sources, box, taps, mask_guard(mask))
+    return evaluate_on(problem, func, sources, box, taps, program, mask_guard(mask))
 
 
 def evaluate_on(
@@ -233,6 +264,7 @@ def evaluate_on(
     sources: Sequence[Array],
     box: Box,
     taps: Taps | None,
+    program: TapProgram | None,
     guard: Guard = _no_guard,
 ) -> PyTree[Array]:
     """`func` on the windows of `box`, read from `sources` (one per field):
@@ -241,13 +273,23 @@ def evaluate_on(
     if taps is None:
         return _window_lowering(func, sources, problem, box, guard)
     planes = _tap_planes(sources, problem.layouts, box, taps, guard)
-    return _shift_lowering(func, planes, problem, box, taps)
+    return _shift_lowering(func, planes, problem, box, taps, program)
 
 
 def _shift_lowering(
-    func: Callable, planes: Sequence[Array], problem: Problem, box: Box, taps: Taps
+    func: Callable,
+    planes: Sequence[Array],
+    problem: Problem,
+    box: Box,
+    taps: Taps,
+    program: TapProgram | None,
 ) -> PyTree[Array]:
-    """`func` at every position of `box`, tap `taps[i]` read from `planes[i]`."""
+    """`func` at every position of `box`, tap `taps[i]` read from `planes[i]`:
+    its program evaluated on the planes, else `func` `vmap`ped over them."""
+    if program is not None:
+        value = program.apply(taps, planes, problem.args, problem.kwargs)
+        if value is not None:
+            return value
     fields, index, args, kwargs = (
         problem.fields,
         problem.index,

@@ -17,15 +17,18 @@ from typing import Any, cast
 
 import equinox as eqx
 import jax
+import jax.extend.core as jex
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jax import lax
 from jaxtyping import Array, ArrayLike, PyTree, PyTreeDef
 
 from ._boundary import padded_box
 from ._geometry import Cval, DimLayout
 from ._indexing import WindowIndex
 from ._regions import Box, Plan, Region, describe, plan
+from ._unroll import interpret
 from ._window import NeedsWindow, TapProxy
 
 
@@ -90,30 +93,87 @@ def tap_proxies(
     return fields.structure.unflatten(proxies)
 
 
-def record_taps(
+@dataclasses.dataclass(frozen=True)
+class TapProgram:
+    """A function that reads only taps, traced once (`record`): `closed` maps
+    one window per field (shape `kernel_size`) and the call's array arguments
+    (`dynamic_tree`'s leaves) to its output leaves (`out_tree`). Evaluated on
+    planes (`apply`), it is the shift lowering without tracing the function
+    again for every box."""
+
+    closed: jex.ClosedJaxpr
+    dynamic_tree: PyTreeDef  # pyright: ignore[reportInvalidTypeForm]
+    out_tree: PyTreeDef  # pyright: ignore[reportInvalidTypeForm]
+
+    def apply(
+        self, taps: Taps, planes: Sequence[Array], args: tuple, kwargs: dict
+    ) -> PyTree[Array] | None:
+        """The function at every position, tap `taps[i]` read from `planes[i]`;
+        `None` where the interpreter has no exact rule (`_unroll.interpret`) or
+        the call's arguments are not those it was traced with (a shard's)."""
+        leaves, tree = jtu.tree_flatten(_dynamic(args, kwargs))
+        if tree != self.dynamic_tree:
+            return None
+        in_avals = self.closed.in_avals
+        fields = len(in_avals) - len(leaves)
+        window_avals, leaf_avals = in_avals[:fields], in_avals[fields:]
+        if any(
+            (jnp.shape(leaf), leaf.dtype) != (aval.shape, aval.dtype)
+            for leaf, aval in zip(leaves, leaf_avals)
+        ):
+            return None
+        windows = [np.empty(aval.shape, dtype=object) for aval in window_avals]
+        for (f, tap), plane in zip(taps, planes):
+            if plane.dtype != window_avals[f].dtype:
+                return None
+            windows[f][tap] = plane
+        outs = interpret(self.closed, windows, leaves)
+        return None if outs is None else jtu.tree_unflatten(self.out_tree, outs)
+
+
+def _dynamic(args: tuple, kwargs: dict) -> PyTree:
+    """The call's array arguments (the rest is static)."""
+    return eqx.filter((args, kwargs), eqx.is_array)
+
+
+def record(
     func: Callable, index: WindowIndex, fields: Fields, args: tuple, kwargs: dict
-) -> Taps | None:
-    """The taps `func` reads, or `None` when it uses its window as a whole."""
-    seen: dict[Tap, None] = {}
+) -> tuple[Taps, TapProgram | None] | None:
+    """The taps `func` reads and `func` traced on them (`None` if it has
+    effects: it then runs under `vmap`); or `None` when it uses its window as a
+    whole."""
+    seen: dict[Tap, Array] = {}
+    dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
+    out_tree: list[PyTreeDef] = []  # pyright: ignore[reportInvalidTypeForm]
 
-    def lookup(tap: Tap) -> Array:
-        seen[tap] = None
-        return jnp.zeros((), fields.arrays[tap[0]].dtype)
+    def run(windows: list[Array], dynamic: PyTree) -> list:
+        def lookup(tap: Tap) -> Array:
+            if tap not in seen:
+                f, at = tap
+                piece = lax.slice(windows[f], at, [i + 1 for i in at])
+                seen[tap] = lax.reshape(piece, ())
+            return seen[tap]
 
-    def run(args: tuple, kwargs: dict) -> Any:
+        args, kwargs = eqx.combine(dynamic, static)
         out = func(tap_proxies(fields, index, lookup), *args, **kwargs)
-        if any(isinstance(leaf, TapProxy) for leaf in jtu.tree_leaves(out)):
+        leaves, tree = jtu.tree_flatten(out)
+        if any(isinstance(leaf, TapProxy) for leaf in leaves):
             raise NeedsWindow  # returns the window itself (patches)
-        return out
+        out_tree.append(tree)
+        return leaves
 
+    windows = [jax.ShapeDtypeStruct(index.kernel, a.dtype) for a in fields.arrays]
     try:
-        eqx.filter_eval_shape(run, args, kwargs)
+        closed = jax.make_jaxpr(run)(windows, dynamic)
     except (NeedsWindow, TypeError, ValueError, AttributeError):
         # Whole-window use (`jnp.sum(x)` fails in JAX before our signal can be
         # raised). The window lowering runs the function on real windows, so a
         # genuine error in the function surfaces there.
         return None
-    return tuple(seen)
+    if closed.effects:
+        return tuple(seen), None
+    dynamic_tree = jtu.tree_structure(dynamic)
+    return tuple(seen), TapProgram(closed, dynamic_tree, out_tree[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,9 +208,9 @@ class Problem:
         relative = self.index.relative
         return tuple(0 if relative else layout.anchor for layout in self.layouts)
 
-    def taps(self, func: Callable) -> Taps | None:
-        """The taps `func` reads (see `record_taps`)."""
-        return record_taps(func, self.index, self.fields, self.args, self.kwargs)
+    def record(self, func: Callable) -> tuple[Taps, TapProgram | None] | None:
+        """The taps `func` reads and its program (see `record`)."""
+        return record(func, self.index, self.fields, self.args, self.kwargs)
 
     def source_range(self, box: Box) -> Box:
         """The padded coordinates `[start, stop)` per dim that the windows of
@@ -193,11 +253,13 @@ def keep_input(problem: Problem) -> Callable:
 @dataclasses.dataclass(frozen=True)
 class Table:
     """A region table resolved against a problem: the static owner plan, and
-    for every owner present its function, taps and name."""
+    for every owner present its function, taps (`None`: it reads its window as
+    a whole), program (`None`: none, it runs under `vmap`) and name."""
 
     plan: Plan
     funcs: dict[int, Callable]
     taps: dict[int, Taps | None]
+    programs: dict[int, TapProgram | None]
     names: dict[int, str]
 
 
@@ -236,9 +298,11 @@ def make_table(
         )
     present = [int(owner) for owner in np.unique(owners.owners)]
     used = {owner: cast(Callable, funcs[owner]) for owner in present}
+    records = {owner: problem.record(func) for owner, func in used.items()}
     return Table(
         plan=owners,
         funcs=used,
-        taps={owner: problem.taps(func) for owner, func in used.items()},
+        taps={owner: None if r is None else r[0] for owner, r in records.items()},
+        programs={owner: None if r is None else r[1] for owner, r in records.items()},
         names={owner: names[owner] for owner in present},
     )

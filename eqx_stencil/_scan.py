@@ -226,7 +226,8 @@ def _step(
     for box, owner in tiles:
         taps = table.taps[owner]
         sources = working.sources(work, lead, key, box, taps)
-        value = evaluate_on(problem, table.funcs[owner], sources, box, taps)
+        func, program = table.funcs[owner], table.programs[owner]
+        value = evaluate_on(problem, func, sources, box, taps, program)
         values.append(_written_back(value, box, problem, table.names[owner]))
     boxes = [box for box, _ in tiles]
     check_outputs(values, boxes, [table.names[owner] for _, owner in tiles])

@@ -309,6 +309,10 @@ def _shard_tables(
                     plan=plan,
                     funcs={o: table.funcs[o] for o in owners},
                     taps={o: table.taps[o] for o in owners},
+                    # Traced outside the `shard_map`, its equations would
+                    # bind in the global mesh's context: each shard runs the
+                    # functions themselves.
+                    programs=dict.fromkeys(owners),
                     names={o: table.names[o] for o in owners},
                 )
             )
@@ -393,7 +397,7 @@ def run_sharded(
         if shared is not None:  # outside the switch, so it needs no halo
             box, owner = shared
             func, taps = tables[0].funcs[owner], tables[0].taps[owner]
-            value = evaluate(local, func, box, taps)
+            value = evaluate(local, func, box, taps, None)
             local = dataclasses.replace(local, known=(box, func, value))
         position = tuple(lax.axis_index(dim.names) for dim in dims)
         branches = [lambda t=t: run(local, t) for t in tables]

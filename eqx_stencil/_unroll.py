@@ -167,6 +167,10 @@ class _Interpreter:
         if _is_planes(value):
             return value
         array = jnp.asarray(value, aval.dtype)
+        if array.ndim == 0:  # a scalar: one broadcast
+            out = np.empty((), dtype=object)
+            out[()] = self._full(array)
+            return out
         flat = array.reshape(-1)
         out = np.empty(array.size, dtype=object)
         for i in range(array.size):
@@ -175,6 +179,8 @@ class _Interpreter:
 
     def _stacked(self, planes: np.ndarray, aval: Any) -> Array:
         """Planes as one array of shape `plane_shape + planes.shape`."""
+        if planes.ndim == 0:  # one plane (a tap, or a function of taps)
+            return planes.item()
         if planes.size == 0:
             return jnp.zeros(self.plane_shape + planes.shape, aval.dtype)
         flat = jnp.stack(list(planes.reshape(-1)), axis=-1)
@@ -395,12 +401,38 @@ def unroll(
     The flat outputs, each of shape `plane_shape + S`; or `None` when the
     function has effects or an equation without an exact plane rule.
     """
-    plane_shape = jnp.shape(windows[0].reshape(-1)[0])
     abstract = [jax.ShapeDtypeStruct(w.shape, d) for w, d in zip(windows, dtypes)]
     closed = jax.make_jaxpr(func)(*abstract, *dynamic)
+    return interpret(closed, windows, dynamic)
+
+
+def interpret(
+    closed: jex.ClosedJaxpr, windows: Sequence[np.ndarray], dynamic: Sequence[Any]
+) -> list[Array] | None:
+    """Evaluate a function traced on windows, `closed(*windows, *dynamic)`, with
+    the windows given as planes (see `unroll`).
+
+    An element of a window that no equation reads may be `None`: a function
+    traced on its whole window but reading only some taps (`_problem.record`)
+    needs only their planes.
+
+    **Arguments:**
+
+    - `closed`: the function's jaxpr, traced with one array of shape
+      `kernel_size` per window, then the dynamic arguments.
+    - `windows`, `dynamic`: as for `unroll`.
+
+    **Returns:**
+
+    As `unroll`.
+    """
     if closed.effects:
         return None
-    interpreter = _Interpreter(plane_shape)
+    planes = (plane for w in windows for plane in w.reshape(-1) if plane is not None)
+    read = next(planes, None)
+    if read is None:  # no plane gives the positions' shape
+        return None
+    interpreter = _Interpreter(jnp.shape(read))
     try:
         outs = interpreter.run(closed.jaxpr, closed.consts, [*windows, *dynamic])
     except _Unsupported:
