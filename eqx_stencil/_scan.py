@@ -16,13 +16,14 @@ step per row (explicit time marching), `m = ndim` the cell-by-cell sweep
 results with one `dynamic_update_slice`: O(block) work per step.
 
 The working array. The cell sweep keeps the whole padded array (`_Padded`).
-The row sweep keeps only the anchors, the output arrays (`_Anchors`): the
-padded array's other cells (padding, stride gaps) are never written, so a
-step reads them from static pieces of the padded input, and the scan's carry
-is the result: no padded copy to build and slice down, the program of a
-hand-written row scan. (Rows padded by data, a boundary fill other than
-`"constant"`, keep the padded array: a step would read each padding piece
-on its own.)
+The row sweep along one axis keeps only the last rows of results its taps
+read and emits each row as the scan's output (`_Recent`); along several axes
+it keeps the anchors, the output arrays (`_Anchors`). Either way the padded
+array's other cells (padding, stride gaps) are never written, so a step
+reads them from static pieces of the padded input: no padded copy to build
+and slice down, the program of a hand-written row scan. (Rows padded by
+data, a boundary fill other than `"constant"`, keep the padded array: a step
+would read each padding piece on its own.)
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ class _Working(abc.ABC):
     and owned alike share a traced branch."""
 
     keys: np.ndarray
+    # Whether the steps' rows are the scans' outputs (`result`'s `rows`)
+    # rather than written into the working fields.
+    emits_rows: bool = False
 
     @abc.abstractmethod
     def prepare(self, key: int, box: Box, taps: Taps | None) -> None:
@@ -120,8 +124,10 @@ class _Working(abc.ABC):
         """Write a step's results (one block per field) at their anchors."""
 
     @abc.abstractmethod
-    def result(self, work: Work) -> list[Array]:
-        """The results, one array per field, from the final working fields."""
+    def result(self, work: Work, rows: Work) -> list[Array]:
+        """The results, one array per field, from the final working fields
+        and, if `emits_rows`, every step's row in step order (`rows`, one
+        array of shape `(steps, *row)` per field; else empty)."""
 
 
 def sweep(problem: Problem, table: Table, reverse: bool) -> PyTree[Array]:
@@ -135,7 +141,7 @@ def sweep(problem: Problem, table: Table, reverse: bool) -> PyTree[Array]:
     lead, trail = shape[:m], shape[m:]
     owners = _full_owners(table.plan).reshape(math.prod(lead), *trail)
     steps = np.indices(lead).reshape(m, math.prod(lead)).T  # row-major
-    working = _working(problem, table, m, steps)
+    working = _working(problem, table, m, steps, reverse)
     # Steps owned alike and read alike share a branch.
     patterns: dict[tuple[bytes, int], int] = {}
     tiled: list[tuple[int, list[tuple[Box, int]], Tiling]] = []
@@ -156,7 +162,8 @@ def sweep(problem: Problem, table: Table, reverse: bool) -> PyTree[Array]:
     def step(work: Work, xs: tuple[Array, Array], block: Callable) -> tuple:
         counter, pattern = xs
         index = [counter // math.prod(lead[d + 1 :]) % lead[d] for d in range(m)]
-        return block(work, index, pattern), None
+        work, row = block(work, index, pattern)
+        return work, (row if working.emits_rows else None)
 
     def switched(work: Work, index: Lead, pattern: Array) -> Work:
         branches = [lambda w, i, b=b: b(w, i) for b in blocks]
@@ -172,19 +179,27 @@ def sweep(problem: Problem, table: Table, reverse: bool) -> PyTree[Array]:
     runs = np.split(np.arange(len(counters)), changes)
     segmented = len(runs) <= MAX_SCAN_SEGMENTS
     work = working.start()
+    emitted: dict[int, Work] = {}  # each run's rows, by its first step
     for run in (runs if segmented else [counters])[:: -1 if reverse else 1]:
         fixed = blocks[pattern_ids[run[0]]]
         block = (lambda w, i, p, b=fixed: b(w, i)) if segmented else switched
         xs = (jnp.asarray(counters[run]), jnp.asarray(pattern_ids[run]))
         body = ft.partial(step, block=block)
         if m == 0:
-            work, _ = body(work, (xs[0][0], xs[1][0]))
+            work, row = body(work, (xs[0][0], xs[1][0]))
+            rows = None if row is None else tuple(r[None] for r in row)
         else:
-            work, _ = lax.scan(body, work, xs, reverse=reverse)
-    return problem.fields.structure.unflatten(working.result(work))
+            work, rows = lax.scan(body, work, xs, reverse=reverse)
+        if rows is not None:
+            emitted[int(run[0])] = rows
+    in_order = [emitted[first] for first in sorted(emitted)]
+    rows = tuple(jnp.concatenate(parts) for parts in zip(*in_order))
+    return problem.fields.structure.unflatten(working.result(work, rows))
 
 
-def _working(problem: Problem, table: Table, m: int, steps: np.ndarray) -> _Working:
+def _working(
+    problem: Problem, table: Table, m: int, steps: np.ndarray, reverse: bool
+) -> _Working:
     """The cell sweep keeps the padded array; the row sweep keeps only the
     anchors, unless its rows' padding is data (a boundary fill other than
     `"constant"` on the trailing axes): each step would then read it from
@@ -194,6 +209,8 @@ def _working(problem: Problem, table: Table, m: int, steps: np.ndarray) -> _Work
     padded_rows = any(lay.lo > 0 or lay.hi > 0 for lay in layouts[m:])
     if m == len(layouts) or (padded_rows and problem.boundary != "constant"):
         return _Padded(problem, steps)
+    if m == 1:
+        return _Recent(problem, table, m, steps, reverse)
     return _Anchors(problem, table, m, steps)
 
 
@@ -220,8 +237,9 @@ def _step(
     tiling: Tiling,
     work: Work,
     lead: Lead,
-) -> Work:
-    """One step: the trailing block at `lead`, read as `key` says."""
+) -> tuple[Work, Work]:
+    """One step: the trailing block at `lead`, read as `key` says; the new
+    working fields and the step's row."""
     values = []
     for box, owner in tiles:
         taps = table.taps[owner]
@@ -231,9 +249,12 @@ def _step(
         values.append(_written_back(value, box, problem, table.names[owner]))
     boxes = [box for box, _ in tiles]
     check_outputs(values, boxes, [table.names[owner] for _, owner in tiles])
-    blocks = tile_together((1,) * m + trail, tiling, boxes, values, "in_place")
+    # Rows written into the whole result are assembled in place; emitted
+    # rows are one loop (`_Recent`).
+    assembly = "concatenate" if working.emits_rows else "in_place"
+    blocks = tile_together((1,) * m + trail, tiling, boxes, values, assembly)
     row = tuple(jnp.asarray(block, field.dtype) for block, field in zip(blocks, work))
-    return working.write(work, lead, row)
+    return working.write(work, lead, row), row
 
 
 def _written_back(value: PyTree, box: Box, problem: Problem, name: str) -> list:
@@ -302,7 +323,8 @@ class _Padded(_Working):
             for field, value in zip(work, row)
         )
 
-    def result(self, work: Work) -> list[Array]:
+    def result(self, work: Work, rows: Work) -> list[Array]:
+        del rows  # written into the working fields
         ranges = _anchor_ranges(self.problem.layouts)
         starts, limits = [a for a, _ in ranges], [b for _, b in ranges]
         strides = [lay.stride for lay in self.problem.layouts]
@@ -419,7 +441,7 @@ class _Anchors(_Working):
         found = np.ones((len(steps), len(offsets)), bool)
         for column, offset in enumerate(offsets):
             delta = self.read[offset]
-            if delta is None:
+            if delta is None or not self._holds(delta):
                 found[:, column] = False
             else:
                 shifted = steps + np.asarray(delta, int)
@@ -428,6 +450,20 @@ class _Anchors(_Working):
         keys = np.asarray([ids.setdefault(tuple(row), len(ids)) for row in found])
         self.grid = [dict(zip(offsets, grid)) for grid in ids]
         return keys
+
+    def _holds(self, delta: tuple[int, ...]) -> bool:
+        """Whether the working fields hold the row of outputs `delta` steps
+        from a step's (where there is one): every row, here; else a row is
+        read from the padded input."""
+        del delta
+        return True
+
+    def _results(self, work: Work, f: int, lead: Lead, piece: _Results) -> Array:
+        """Field `f`'s results of `piece` at step `lead`."""
+        starts = [i + d for i, d in zip(lead, piece.delta)]
+        starts += [a for a, _ in piece.outputs]
+        sizes = [1] * self.m + [b - a for a, b in piece.outputs]
+        return lax.dynamic_slice(work[f], starts, sizes)
 
     def _row(self, key: int, offset: tuple[int, ...], source: Box) -> _Piece:
         """The read of the working padded array's row at padded `offset` from
@@ -516,10 +552,7 @@ class _Anchors(_Working):
 
         def build(piece: _Piece, f: int) -> Array:
             if isinstance(piece, _Results):
-                starts = [i + d for i, d in zip(lead, piece.delta)]
-                starts += [a for a, _ in piece.outputs]
-                sizes = [1] * m + [b - a for a, b in piece.outputs]
-                return lax.dynamic_slice(work[f], starts, sizes)
+                return self._results(work, f, lead, piece)
             if isinstance(piece, _Input):
                 first, strips = self.strips[key, piece]
                 starts = [
@@ -554,8 +587,70 @@ class _Anchors(_Working):
             for field, value in zip(work, row)
         )
 
-    def result(self, work: Work) -> list[Array]:
+    def result(self, work: Work, rows: Work) -> list[Array]:
+        del rows  # written into the working fields
         return list(work)
+
+
+class _Recent(_Anchors):
+    """The row sweep along one axis, keeping only the last `depth` rows of
+    results its taps read: a step's row is the scan's output, stacked row
+    after row, instead of written into the whole result. Under `vmap` the
+    whole result would gain a leading batch axis, and every step write its
+    row as `batch` separate pieces (a scatter), where the stacked rows stay
+    one contiguous block per step. Rows the sequential order has not written
+    yet (the step's own and those after it in the sweep's order) hold the
+    input: they are read from the padded input."""
+
+    emits_rows = True
+
+    def __init__(
+        self,
+        problem: Problem,
+        table: Table,
+        m: int,
+        steps: np.ndarray,
+        reverse: bool,
+    ):
+        self.reverse = reverse  # read by `_holds` in `super().__init__`
+        super().__init__(problem, table, m, steps)
+        behind = [self._behind(delta) for delta in self.read.values() if delta]
+        self.depth = max([*behind, 1])  # at least one row, read or not
+
+    def _behind(self, delta: tuple[int, ...]) -> int:
+        """How many steps before the step's (in the sweep's order) the row of
+        outputs `delta` away was written (not positive: not yet written)."""
+        return delta[0] if self.reverse else -delta[0]
+
+    def _holds(self, delta: tuple[int, ...]) -> bool:
+        return self._behind(delta) > 0
+
+    def _results(self, work: Work, f: int, lead: Lead, piece: _Results) -> Array:
+        del lead  # the rows behind the step's, at fixed places: the last last
+        at = self.depth - self._behind(piece.delta)
+        starts = [at] + [a for a, _ in piece.outputs]
+        limits = [at + 1] + [b for _, b in piece.outputs]
+        return lax.slice(work[f], starts, limits)
+
+    def start(self) -> Work:
+        trail = out_shape(self.problem.layouts)[1:]
+        return tuple(
+            jnp.zeros((self.depth, *trail), field.dtype)
+            for field in self.problem.fields.arrays
+        )
+
+    def write(self, work: Work, lead: Lead, row: Work) -> Work:
+        del lead  # the newest row goes last (`_results`)
+        if self.depth == 1:
+            return row
+        return tuple(
+            jnp.concatenate([field[1:], value]) for field, value in zip(work, row)
+        )
+
+    def result(self, work: Work, rows: Work) -> list[Array]:
+        del work  # the last rows only
+        shape = out_shape(self.problem.layouts)
+        return [lax.reshape(field, shape) for field in rows]
 
 
 def _join(grid: np.ndarray, m: int) -> Array:

@@ -7,6 +7,7 @@ is read. Any plan the library picks must reproduce it exactly.
 """
 
 import itertools
+import re
 
 import equinox as eqx
 import jax
@@ -235,18 +236,81 @@ def test_row_plan_values_and_gradients(boundary):
     np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_row_plan_carries_the_results_not_the_padded_array():
-    """The row scan's carry is the output: no padded working array to build or
-    slice down, no copy of the carry in the loop (what a hand-written row scan
-    compiles to)."""
+def test_row_plan_carries_the_last_row_not_the_padded_array():
+    """The row scan carries the last row of results and stacks the rows as its
+    outputs: no padded working array to build or slice down, nothing larger
+    than a row copied in the loop (what a hand-written row scan compiles to)."""
     F, _ = linear_convection(41, 21)
     hlo = jax.jit(F).lower(jax.ShapeDtypeStruct((41, 21), jnp.float32))
     hlo = hlo.compile().as_text()
     assert hlo.count(" while(") == 1
     assert "f32[43,23]" not in hlo  # the padded shape
+    carry = hlo.split(" while(")[0].rsplit("\n", 1)[1]
+    assert "f32[41,21]" not in carry and "f32[1,21]" in carry, carry
     body = hlo.split("body=")[1].split(",")[0]
     computation = hlo.split(f"\n{body} ")[1].split("\n}")[0]
-    assert " copy(" not in computation.replace("s32[] copy(", "")
+    copied = re.findall(r"= (\S+) copy\(", computation)
+    assert set(copied) <= {"s32[]", "f32[1,21]{1,0}"}, copied
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dilation", [1, 2], ids=["one_row", "two_rows"])
+def test_row_plan_reads_the_rows_written_before_in_either_order(reverse, dilation):
+    """A row scan reads the rows the sweep wrote before the step's (the rows
+    above it, or below it in reverse), rows it has not written yet as input,
+    and with dilation 2 the rows two steps back; under `vmap` too."""
+    behind = 1 if reverse else -1
+
+    def step(u):
+        return 0.5 * u[behind, 0] + 0.25 * u[behind, 1] - 0.25 * u[-behind, -1]
+
+    stencil = es.kscan(
+        step, kernel_size=3, padding=dilation, dilation=dilation, relative=True,
+        reverse=reverse,
+    )  # fmt: skip
+    xs = np.random.default_rng(4).normal(size=(2, 7, 5)).astype(np.float32)
+    expected = [
+        reference_kscan(
+            [
+                lambda w: (
+                    0.5 * w[1 + behind, 1]
+                    + 0.25 * w[1 + behind, 2]
+                    - 0.25 * w[1 - behind, 0]
+                )
+            ],
+            x,
+            kernel_size=3,
+            padding=dilation,
+            dilation=dilation,
+            reverse=reverse,
+        )  # fmt: skip
+        for x in xs
+    ]
+    single, batched = jax.jit(lambda xs: (stencil(xs[0]), jax.vmap(stencil)(xs)))(xs)
+    np.testing.assert_allclose(single, expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batched, np.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_vmapped_row_scan_stacks_its_rows():
+    """Under `vmap` a row scan's steps still write one contiguous block each:
+    the rows are the scan's outputs, stacked along the scanned axis, and the
+    loop carries only the last row. Written into the whole result, which
+    `vmap` gives a leading batch axis, each step's row became `batch`
+    separate pieces (a scatter)."""
+    # The row before (results) and the step's own row (the input).
+    F = es.kscan(
+        lambda u: 0.5 * u[-1, 0] + 0.25 * u[-1, -1] + 0.25 * u[0, 1],
+        kernel_size=3,
+        padding=1,
+        relative=True,
+    )
+    xs = np.random.default_rng(3).normal(size=(4, 41, 21)).astype(np.float32)
+    batched = jax.jit(jax.vmap(F))
+    np.testing.assert_allclose(batched(xs)[2], jax.jit(F)(xs[2]), rtol=1e-6)
+    hlo = batched.lower(xs).compile().as_text()
+    assert hlo.count(" while(") == 1 and " scatter(" not in hlo
+    carry = hlo.split(" while(")[0].rsplit("\n", 1)[1]
+    assert "f32[4,41,21]" not in carry and "f32[4,1,21]" in carry, carry
 
 
 def linear_convection(nt=151, nx=51, c=0.5):
