@@ -84,6 +84,7 @@ CASES: dict[str, Case] = {
     "data-regions": data_regions.run,
     "solver-grad": solver.run,
     "linear-convection": runtime(scan.convection_case),
+    "linear-convection-vmap": runtime(scan.ensemble_case),
     "gauss-seidel": runtime(scan.gauss_seidel_case),
     "compile": compile_time.run,
     "first-call": first_call.run,

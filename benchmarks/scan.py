@@ -3,7 +3,9 @@
 `linear-convection` is the kernex README's `kscan` example at 1001×501 (time ×
 space): region functions set the boundary and initial rows, and each later
 row is computed from the one before it, so `eqx_stencil` scans row by row.
-`gauss-seidel` reads the updated left and upper neighbours, so it is swept
+`linear-convection-vmap` runs it for a batch of `ENSEMBLE` initial rows under
+`jax.vmap` (the first row read from the input): the scan must stay a row scan
+when batched. `gauss-seidel` reads the updated left and upper neighbours, so it is swept
 cell by cell. The plan `eqx_stencil.kscan` takes is stated in the case title
 as its docstring gives it (every updated cell read lies in an earlier row: row
 by row; otherwise cell by cell); the suite does not ask the private planner.
@@ -25,7 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jaxtyping import Array
 
@@ -42,6 +46,7 @@ Fn = Callable[[Array], Array]
 NT, NX = 1001, 501
 TMAX, XMAX, C = 0.5, 2.0, 0.5
 GS_N = 201  # Gauss-Seidel grid side
+ENSEMBLE = 8  # batch of the vmapped convection
 KERNEX_LIMIT_S = 55.0  # kernex's convection child: import, compile, one call
 ROW_BARS = (Bar(ES, HAND, limit=1.2),)
 CELL_BARS = (Bar(ES, HAND, limit=2.0),)
@@ -110,6 +115,46 @@ def hand_convection(nt: int = NT, nx: int = NX) -> Fn:
         return jnp.concatenate([u0[None], rows])
 
     return march
+
+
+def es_ensemble(nt: int = NT, nx: int = NX) -> Fn:
+    """`eqx_stencil`, `vmap`ped: the first row from the input, walls at 1."""
+    step = _convection_step(_courant(nt, nx))
+    one, keep = (lambda u: 1.0), (lambda u: u["i", "n"])
+    stencil = (
+        es.kscan(
+            kernel_size=(3, 3),
+            padding=((1, 1), (1, 1)),
+            named_axis={0: "n", 1: "i"},
+            relative=True,
+        )
+        .at[:, 0]
+        .set(one)
+        .at[:, -1]
+        .set(one)
+        .at[0:1, 1:-1]
+        .set(keep)
+        .at[1:, 1:-1]
+        .set(step)
+    )
+    return jax.vmap(stencil)
+
+
+def hand_ensemble(nt: int = NT, nx: int = NX) -> Fn:
+    """Hand-written, `vmap`ped: the row `lax.scan` from the input's first row."""
+    courant = _courant(nt, nx)
+
+    def march(u: Array) -> Array:
+        u0 = u[0].at[0].set(1.0).at[-1].set(1.0)
+
+        def body(prev: Array, _: None) -> tuple[Array, Array]:
+            new = prev.at[1:-1].set(prev[1:-1] - courant * (prev[1:-1] - prev[:-2]))
+            return new, new
+
+        _, rows = lax.scan(body, u0, None, length=nt - 1)
+        return jnp.concatenate([u0[None], rows])
+
+    return jax.vmap(march)
 
 
 def kernex_convection(nt: int = NT, nx: int = NX) -> Fn:
@@ -192,6 +237,19 @@ def convection_case(nt: int = NT, nx: int = NX) -> RuntimeCase:
         variants,
         bars=ROW_BARS,
         factory=(f"{__name__}:convection_case", (nt, nx)),
+    )
+
+
+def ensemble_case(batch: int = ENSEMBLE, nt: int = NT, nx: int = NX) -> RuntimeCase:
+    """The convection of `batch` initial rows under `jax.vmap`."""
+    rng = np.random.default_rng(0)
+    rows = rng.uniform(1.0, 2.0, (batch, 1, nx)).astype(np.float32)
+    start = np.broadcast_to(rows, (batch, nt, nx))
+    return RuntimeCase(
+        f"linear convection {nt}×{nx}, vmap over {batch} (row-by-row plan)",
+        lambda: (jax.device_put(start),),
+        [Variant(ES, es_ensemble(nt, nx)), Variant(HAND, hand_ensemble(nt, nx))],
+        bars=ROW_BARS,
     )
 
 
