@@ -6,9 +6,10 @@ row is computed from the one before it, so `eqx_stencil` scans row by row.
 `linear-convection-vmap` runs it for a batch of `ENSEMBLE` initial rows under
 `jax.vmap` (the first row read from the input): the scan must stay a row
 scan when batched. `gauss-seidel` reads the updated left and upper
-neighbours, so it is swept cell by cell. The plan `eqx_stencil.kscan` takes is stated in the case title
-as its docstring gives it (every updated cell read lies in an earlier row: row
-by row; otherwise cell by cell); the suite does not ask the private planner.
+neighbours, so it is swept cell by cell. The plan `eqx_stencil.kscan` takes
+is stated in the case title as its docstring gives it (every updated cell
+read lies in an earlier row: row by row; otherwise cell by cell); the suite
+does not ask the private planner.
 The row scan's bar is issue 13's 1.2× the hand-written row `lax.scan` (its
 carry is the result rows, as the hand-written one's); the cell sweep keeps
 2× (it measures 1.0×).

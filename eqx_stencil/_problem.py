@@ -93,6 +93,13 @@ def tap_proxies(
     return fields.structure.unflatten(proxies)
 
 
+# A program holds its windows as object arrays of planes, one entry per tap
+# (`TapProgram.apply`): above this many taps per field (a kernel spanning a
+# large input, of which the function reads a few taps), the function runs
+# under `vmap` instead.
+MAX_PROGRAM_TAPS = 2**16
+
+
 @dataclasses.dataclass(frozen=True)
 class TapProgram:
     """A function that reads only taps, traced once (`record`): `closed` maps
@@ -121,6 +128,8 @@ class TapProgram:
             (jnp.shape(leaf), leaf.dtype) != (aval.shape, aval.dtype)
             for leaf, aval in zip(leaves, leaf_avals)
         ):
+            return None
+        if any(aval.size > MAX_PROGRAM_TAPS for aval in window_avals):
             return None
         windows = [np.empty(aval.shape, dtype=object) for aval in window_avals]
         for (f, tap), plane in zip(taps, planes):

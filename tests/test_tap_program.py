@@ -275,3 +275,25 @@ def test_pytree_outputs_and_static_arguments():
     np.testing.assert_allclose(out["a"], 2.0 * windows[..., 0, 0] * k[1, 1], rtol=1e-6)
     np.testing.assert_allclose(out["b"][0], windows[..., 2, 2] + 1.5, rtol=1e-6)
     np.testing.assert_array_equal(out["b"][1], windows[..., 1, 1] > 0)
+
+
+def test_kernels_over_the_tap_limit_run_under_vmap(monkeypatch):
+    """A kernel with more taps than `MAX_PROGRAM_TAPS` (whose windows the
+    program would hold as object arrays of that size) runs the function
+    under `vmap`, with the same values."""
+    x, k = _inputs(5)
+    stencil = _stencil(lambda w, k: w[0, 0] * k[1, 1] - w[2, 1], region=True)
+    expected_out = np.asarray(jax.jit(stencil)(x, k))
+    applied: list[bool] = []
+    apply = _problem.TapProgram.apply
+
+    def spy(self: Any, *args: Any) -> Any:
+        out = apply(self, *args)
+        applied.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_problem.TapProgram, "apply", spy)
+    monkeypatch.setattr(_problem, "MAX_PROGRAM_TAPS", 8)  # a 3x3 window: 9
+    out = jax.jit(_stencil(lambda w, k: w[0, 0] * k[1, 1] - w[2, 1], region=True))(x, k)
+    assert applied and not any(applied)
+    np.testing.assert_array_equal(out, expected_out)
