@@ -626,7 +626,7 @@ class _Recent(_Anchors):
         return self._behind(delta) > 0
 
     def _results(self, work: Work, f: int, lead: Lead, piece: _Results) -> Array:
-        del lead  # the rows behind the step's, at fixed places: the last last
+        del lead  # the rows behind the step's are at fixed places, the newest last
         at = self.depth - self._behind(piece.delta)
         starts = [at] + [a for a, _ in piece.outputs]
         limits = [at + 1] + [b for _, b in piece.outputs]
