@@ -165,7 +165,7 @@ def sweep(problem: Problem, table: Table, reverse: bool) -> PyTree[Array]:
         work, row = block(work, index, pattern)
         return work, (row if working.emits_rows else None)
 
-    def switched(work: Work, index: Lead, pattern: Array) -> Work:
+    def switched(work: Work, index: Lead, pattern: Array) -> tuple[Work, Work]:
         branches = [lambda w, i, b=b: b(w, i) for b in blocks]
         return lax.switch(pattern, branches, work, index)
 
