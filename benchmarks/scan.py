@@ -73,18 +73,35 @@ def _convection_step(courant: float) -> Fn:
     return linear_convection
 
 
+def _row_scan() -> es.Stencil:
+    """The README's `kscan`: 3×3 windows, time `n` and space `i` named."""
+    return es.kscan(
+        kernel_size=(3, 3),
+        padding=((1, 1), (1, 1)),
+        named_axis={0: "n", 1: "i"},
+        relative=True,
+    )
+
+
+def _march(u0: Array, courant: float, nt: int) -> Array:
+    """Hand-written: `nt - 1` upwind steps from row `u0`, one `lax.scan` step
+    per time row, slices for the update; every row, `u0` first."""
+
+    def body(prev: Array, _: None) -> tuple[Array, Array]:
+        new = prev.at[1:-1].set(prev[1:-1] - courant * (prev[1:-1] - prev[:-2]))
+        return new, new
+
+    _, rows = lax.scan(body, u0, None, length=nt - 1)
+    return jnp.concatenate([u0[None], rows])
+
+
 def es_convection(nt: int = NT, nx: int = NX) -> Fn:
     """`eqx_stencil`: the README's mesh as a region table."""
     q, h = _square_wave(nx)
     step = _convection_step(_courant(nt, nx))
     one, two = (lambda u: 1.0), (lambda u: 2.0)
     return (
-        es.kscan(
-            kernel_size=(3, 3),
-            padding=((1, 1), (1, 1)),
-            named_axis={0: "n", 1: "i"},
-            relative=True,
-        )
+        _row_scan()
         .at[:, 0]
         .set(one)
         .at[:, -1]
@@ -106,14 +123,7 @@ def hand_convection(nt: int = NT, nx: int = NX) -> Fn:
     courant = _courant(nt, nx)
 
     def march(u: Array) -> Array:
-        u0 = jnp.ones(nx, u.dtype).at[q:h].set(2.0)
-
-        def body(prev: Array, _: None) -> tuple[Array, Array]:
-            new = prev.at[1:-1].set(prev[1:-1] - courant * (prev[1:-1] - prev[:-2]))
-            return new, new
-
-        _, rows = lax.scan(body, u0, None, length=nt - 1)
-        return jnp.concatenate([u0[None], rows])
+        return _march(jnp.ones(nx, u.dtype).at[q:h].set(2.0), courant, nt)
 
     return march
 
@@ -123,12 +133,7 @@ def es_ensemble(nt: int = NT, nx: int = NX) -> Fn:
     step = _convection_step(_courant(nt, nx))
     one, keep = (lambda u: 1.0), (lambda u: u["i", "n"])
     stencil = (
-        es.kscan(
-            kernel_size=(3, 3),
-            padding=((1, 1), (1, 1)),
-            named_axis={0: "n", 1: "i"},
-            relative=True,
-        )
+        _row_scan()
         .at[:, 0]
         .set(one)
         .at[:, -1]
@@ -146,14 +151,7 @@ def hand_ensemble(nt: int = NT, nx: int = NX) -> Fn:
     courant = _courant(nt, nx)
 
     def march(u: Array) -> Array:
-        u0 = u[0].at[0].set(1.0).at[-1].set(1.0)
-
-        def body(prev: Array, _: None) -> tuple[Array, Array]:
-            new = prev.at[1:-1].set(prev[1:-1] - courant * (prev[1:-1] - prev[:-2]))
-            return new, new
-
-        _, rows = lax.scan(body, u0, None, length=nt - 1)
-        return jnp.concatenate([u0[None], rows])
+        return _march(u[0].at[0].set(1.0).at[-1].set(1.0), courant, nt)
 
     return jax.vmap(march)
 

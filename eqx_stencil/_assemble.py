@@ -125,9 +125,10 @@ def tile_together(
       tiles: a map's interior and boundary strips; see `lower`);
     - `"in_place"`: the largest tile padded into place and the others
       written over it (`dynamic_update_slice`), one loop each: a shard's
-      interior then does not wait for its halos, and a `kscan` row is
-      written into its working array in place (concatenated, the row scan
-      took 1.3× the time).
+      interior then does not wait for its halos, and a `kscan` row written
+      into its working array is written in place (concatenated, that row
+      scan took 1.3× the time). A row the scan emits (`_scan._Recent`) is
+      concatenated.
 
     The tangent is the concatenation, which transposes to plain slices, so
     reverse mode costs what hand-written slicing costs.

@@ -396,8 +396,9 @@ def run_sharded(
         shared = _shared_interior(tables, layouts)
         if shared is not None:  # outside the switch, so it needs no halo
             box, owner = shared
-            func, taps = tables[0].funcs[owner], tables[0].taps[owner]
-            value = evaluate(local, func, box, taps, None)
+            first = tables[0]
+            func, taps = first.funcs[owner], first.taps[owner]
+            value = evaluate(local, func, box, taps, first.programs[owner])
             local = dataclasses.replace(local, known=(box, func, value))
         position = tuple(lax.axis_index(dim.names) for dim in dims)
         branches = [lambda t=t: run(local, t) for t in tables]

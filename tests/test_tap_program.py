@@ -14,7 +14,8 @@ region (boxes).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -117,20 +118,30 @@ def _stencil(func: Callable, region: bool) -> es.Stencil:
     return stencil
 
 
+@contextlib.contextmanager
+def program_applies(enabled: bool = True) -> Iterator[list[bool]]:
+    """Within: whether each `TapProgram.apply` gave the function's values
+    (with `enabled` false none does: the function runs under `vmap`)."""
+    applied: list[bool] = []
+    apply = _problem.TapProgram.apply
+
+    def spy(self: Any, *args: Any) -> Any:
+        out = apply(self, *args) if enabled else None
+        applied.append(out is not None)
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_problem.TapProgram, "apply", spy)
+        yield applied
+
+
 def run(func: Callable, x: np.ndarray, k: np.ndarray, region: bool) -> dict:
     """`program on? -> (value, gradients)`, asserting that with the program on
     it evaluated every box, and with it off none. One compiled program."""
-    applied: dict[bool, list[bool]] = {True: [], False: []}
-    apply = _problem.TapProgram.apply
+    applied: dict[bool, list[bool]] = {}
 
     def under(on: bool, x: jax.Array, k: jax.Array) -> tuple:
-        def spy(self: Any, *args: Any) -> Any:
-            out = apply(self, *args) if on else None
-            applied[on].append(out is not None)
-            return out
-
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(_problem.TapProgram, "apply", spy)
+        with program_applies(on) as applied[on]:
             stencil = _stencil(func, region)
 
             def total(x: jax.Array, k: jax.Array) -> tuple:
@@ -245,16 +256,7 @@ WITHOUT_PLANE_RULES = {
 def test_functions_without_plane_rules_fall_back_to_vmap(name):
     func, np_func = WITHOUT_PLANE_RULES[name]
     x, k = _inputs(3)
-    tried: list[bool] = []
-    apply = _problem.TapProgram.apply
-
-    def spy(self: Any, *args: Any) -> Any:
-        out = apply(self, *args)
-        tried.append(out is not None)
-        return out
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_problem.TapProgram, "apply", spy)
+    with program_applies() as tried:
         out = jax.jit(_stencil(func, region=False))(x, k)
     assert not any(tried)
     expected_out = reference_kmap(lambda w: np_func(w, k), x, KERNEL, padding="same")
@@ -282,18 +284,10 @@ def test_kernels_over_the_tap_limit_run_under_vmap(monkeypatch):
     program would hold as object arrays of that size) runs the function
     under `vmap`, with the same values."""
     x, k = _inputs(5)
-    stencil = _stencil(lambda w, k: w[0, 0] * k[1, 1] - w[2, 1], region=True)
-    expected_out = np.asarray(jax.jit(stencil)(x, k))
-    applied: list[bool] = []
-    apply = _problem.TapProgram.apply
-
-    def spy(self: Any, *args: Any) -> Any:
-        out = apply(self, *args)
-        applied.append(out is not None)
-        return out
-
-    monkeypatch.setattr(_problem.TapProgram, "apply", spy)
+    func = lambda w, k: w[0, 0] * k[1, 1] - w[2, 1]  # noqa: E731
+    expected_out = np.asarray(jax.jit(_stencil(func, region=True))(x, k))
     monkeypatch.setattr(_problem, "MAX_PROGRAM_TAPS", 8)  # a 3x3 window: 9
-    out = jax.jit(_stencil(lambda w, k: w[0, 0] * k[1, 1] - w[2, 1], region=True))(x, k)
+    with program_applies() as applied:  # a fresh stencil: traced anew
+        out = jax.jit(_stencil(func, region=True))(x, k)
     assert applied and not any(applied)
     np.testing.assert_array_equal(out, expected_out)
